@@ -1,0 +1,240 @@
+"""Settings: a TOML file (``--config``) with environment variables overriding it.
+
+Every value is validated once, here; the rest of the server receives frozen
+dataclasses. Secrets (AMI/SMPP passwords, the bootstrap admin password, the
+token key) never appear in ``repr()`` and so never in logs.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import phonenumbers
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the setting."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class AmiServer:
+    name: str
+    host: str
+    port: int
+    username: str
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SmppLink:
+    name: str
+    host: str
+    port: int
+    system_id: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapAdmin:
+    login: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    http_listen: HostPort = HostPort("127.0.0.1", 8080)
+    db_url: str = field(default="", repr=False)
+    data_dir: Path = Path("var")
+    ami: tuple[AmiServer, ...] = ()
+    agi_listen: HostPort | None = None
+    smpp: tuple[SmppLink, ...] = ()
+    redis_url: str | None = field(default=None, repr=False)
+    default_region: str = "RU"
+    bootstrap_admin: BootstrapAdmin | None = None
+    secret_key: str = field(default="", repr=False)
+    token_ttl: float = 12 * 3600.0
+    max_text_conversations: int = 3
+    max_body_bytes: int = 256 * 1024
+    replay_buffer: int = 500
+    socket_queue: int = 256
+    history_batch: int = 500
+    history_flush_interval: float = 0.05
+
+    def database_url(self) -> str:
+        if self.db_url:
+            return self.db_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'cti.sqlite3').as_posix()}"
+
+
+def parse_host_port(value: str, name: str) -> HostPort:
+    host, sep, port_text = value.strip().rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{name}: expected HOST:PORT, got {value!r}")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"{name}: port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{name}: port {port} out of range")
+    return HostPort(host, port)
+
+
+def _split_url(value: str, scheme: str, name: str, default_port: int) -> tuple[str, int, str, str]:
+    parts = urlsplit(value.strip())
+    if parts.scheme != scheme:
+        raise ConfigError(f"{name}: expected a {scheme}://user:secret@host:port URL")
+    if not parts.hostname:
+        raise ConfigError(f"{name}: the URL has no host")
+    if parts.username is None or parts.password is None:
+        raise ConfigError(f"{name}: the URL needs user and secret (user:secret@host)")
+    try:
+        port = parts.port or default_port
+    except ValueError:
+        raise ConfigError(f"{name}: the URL port is invalid") from None
+    return parts.hostname, port, unquote(parts.username), unquote(parts.password)
+
+
+def parse_ami_url(value: str, name: str = "CTI_AMI_URL", pbx: str = "pbx1") -> AmiServer:
+    host, port, user, secret = _split_url(value, "ami", name, 5038)
+    return AmiServer(name=pbx, host=host, port=port, username=user, secret=secret)
+
+
+def parse_smpp_url(value: str, name: str = "CTI_SMPP_URL", link: str = "smpp1") -> SmppLink:
+    host, port, user, secret = _split_url(value, "smpp", name, 2775)
+    return SmppLink(name=link, host=host, port=port, system_id=user, password=secret)
+
+
+def parse_bootstrap_admin(value: str) -> BootstrapAdmin:
+    login, sep, password = value.partition(":")
+    if not sep or not login.strip() or not password:
+        raise ConfigError("CTI_BOOTSTRAP_ADMIN: expected login:password")
+    return BootstrapAdmin(login.strip(), password)
+
+
+def parse_region(value: str, name: str = "CTI_DEFAULT_REGION") -> str:
+    region = value.strip().upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ConfigError(f"{name}: {value!r} is not a region code such as RU or GB")
+    return region
+
+
+def _str(table: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}.{key}: expected a string")
+    return value
+
+
+def _number(table: Mapping[str, Any], key: str, where: str, lo: float, hi: float) -> float | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where}.{key}: expected a number")
+    if not lo <= value <= hi:
+        raise ConfigError(f"{where}.{key}: {value} is outside {lo}..{hi}")
+    return float(value)
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    values: dict[str, Any] = {}
+    server = data.get("server", {})
+    if not isinstance(server, dict):
+        raise ConfigError("[server] must be a table")
+    if (v := _str(server, "http_listen", "server")) is not None:
+        values["http_listen"] = parse_host_port(v, "server.http_listen")
+    if (v := _str(server, "db_url", "server")) is not None:
+        values["db_url"] = v
+    if (v := _str(server, "data_dir", "server")) is not None:
+        values["data_dir"] = Path(v)
+    if (v := _str(server, "agi_listen", "server")) is not None:
+        values["agi_listen"] = parse_host_port(v, "server.agi_listen")
+    if (v := _str(server, "redis_url", "server")) is not None:
+        values["redis_url"] = v
+    if (v := _str(server, "default_region", "server")) is not None:
+        values["default_region"] = parse_region(v, "server.default_region")
+    if (v := _str(server, "bootstrap_admin", "server")) is not None:
+        values["bootstrap_admin"] = parse_bootstrap_admin(v)
+    if (v := _str(server, "secret_key", "server")) is not None:
+        values["secret_key"] = v
+    if (n := _number(server, "token_ttl", "server", 60, 30 * 86400)) is not None:
+        values["token_ttl"] = n
+    if (n := _number(server, "max_text_conversations", "server", 0, 100)) is not None:
+        values["max_text_conversations"] = int(n)
+    if (n := _number(server, "max_body_bytes", "server", 1024, 64 * 1024 * 1024)) is not None:
+        values["max_body_bytes"] = int(n)
+    values["ami"] = _list_of_links(data, "pbx", parse_ami_url, "ami_url")
+    values["smpp"] = _list_of_links(data, "smpp", parse_smpp_url, "smpp_url")
+    return values
+
+
+def _list_of_links(data: Mapping[str, Any], key: str, parse: Any, url_key: str) -> tuple[Any, ...]:
+    entries = data.get(key, [])
+    if not isinstance(entries, list):
+        raise ConfigError(f"[[{key}]] must be an array of tables")
+    out = []
+    for index, entry in enumerate(entries):
+        where = f"{key}[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a table")
+        url = _str(entry, "url", where)
+        if url is None:
+            raise ConfigError(f"{where}.url is required ({url_key} form)")
+        name = _str(entry, "name", where) or f"{key}{index + 1}"
+        out.append(parse(url, f"{where}.url", name))
+    names = [item.name for item in out]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"[[{key}]] names must be unique")
+    return tuple(out)
+
+
+def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from an optional TOML file, then the environment."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = _from_file(path) if path is not None else {}
+    if v := env.get("CTI_HTTP_LISTEN"):
+        values["http_listen"] = parse_host_port(v, "CTI_HTTP_LISTEN")
+    if v := env.get("CTI_DB_URL"):
+        values["db_url"] = v
+    if v := env.get("CTI_DATA_DIR"):
+        values["data_dir"] = Path(v)
+    if v := env.get("CTI_AMI_URL"):
+        values["ami"] = (parse_ami_url(v),)
+    if v := env.get("CTI_AGI_LISTEN"):
+        values["agi_listen"] = parse_host_port(v, "CTI_AGI_LISTEN")
+    if v := env.get("CTI_SMPP_URL"):
+        values["smpp"] = (parse_smpp_url(v),)
+    if v := env.get("CTI_REDIS_URL"):
+        values["redis_url"] = v
+    if v := env.get("CTI_DEFAULT_REGION"):
+        values["default_region"] = parse_region(v)
+    if v := env.get("CTI_BOOTSTRAP_ADMIN"):
+        values["bootstrap_admin"] = parse_bootstrap_admin(v)
+    if v := env.get("CTI_SECRET_KEY"):
+        values["secret_key"] = v
+    return Settings(**values)

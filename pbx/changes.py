@@ -134,6 +134,19 @@ class QueueMemberChanged:
     in_call: bool
     calls_taken: int
     at: float
+    removed: bool = False  # QueueMemberRemoved: the interface left the queue
+
+
+@dataclass(frozen=True, slots=True)
+class CallOfferWithdrawn:
+    """An agent's phone stopped ringing for a queue call (no answer, or answered elsewhere)."""
+
+    pbx: str
+    call_id: str
+    queue: str
+    agent_interface: str
+    reason: str  # "no answer" | "answered elsewhere" | "caller left"
+    at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +179,7 @@ Change = (
     CallStarted
     | CallQueued
     | CallOffered
+    | CallOfferWithdrawn
     | CallAnswered
     | CallHeld
     | CallTransferred

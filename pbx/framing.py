@@ -1,0 +1,216 @@
+"""AMI framing: a pure, incremental parser (no I/O), fed bytes, giving messages.
+
+Theory of operation: the manager interface sends one banner line
+(``Asterisk Call Manager/5.0.x\\r\\n``), then messages made of ``Key: Value``
+lines ending with ``\\r\\n`` and separated by an empty line. The parser splits on
+bytes first (``\\r\\n\\r\\n``) and decodes each complete message afterwards, so a
+UTF-8 character split across two TCP reads is never lost. Undecodable bytes
+become U+FFFD. Every input is bounded: a header line, a whole message and the
+number of headers; going past a limit raises :class:`AmiFramingError` and the
+parser is dead (the link resets the connection and reconnects).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+BANNER_PREFIX = "Asterisk Call Manager/"
+_EOM = b"\r\n\r\n"
+_EOL = b"\r\n"
+
+
+class AmiFramingError(Exception):
+    """The byte stream is not AMI or went past a limit; the connection must be reset."""
+
+
+class MissingHeader(KeyError):
+    """An AMI message lacks a header the code needs."""
+
+    def __init__(self, header: str, message: AmiMessage) -> None:
+        kind = message.get("Event") or message.get("Response") or "message"
+        super().__init__(f"AMI {kind} has no {header!r} header")
+        self.header = header
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True, slots=True)
+class FrameLimits:
+    max_line: int = 16 * 1024
+    max_message: int = 256 * 1024
+    max_headers: int = 512
+    max_banner: int = 256
+
+
+class AmiMessage(Mapping[str, str]):
+    """An immutable AMI message; header lookup is case-insensitive.
+
+    ``msg["Channel"]`` gives the first value and raises :class:`MissingHeader`
+    when absent (never an empty string). ``get_all`` gives repeated headers.
+    """
+
+    __slots__ = ("_first", "headers")
+
+    def __init__(self, headers: tuple[tuple[str, str], ...]) -> None:
+        self.headers = headers
+        first: dict[str, str] = {}
+        for key, value in headers:
+            first.setdefault(key.lower(), value)
+        self._first = first
+
+    def __getitem__(self, key: str) -> str:
+        try:
+            return self._first[key.lower()]
+        except KeyError:
+            raise MissingHeader(key, self) from None
+
+    def get(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        return self._first.get(key.lower(), default)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.lower() in self._first
+
+    def __iter__(self) -> Iterator[str]:
+        seen: set[str] = set()
+        for key, _ in self.headers:
+            if key.lower() not in seen:
+                seen.add(key.lower())
+                yield key
+
+    def __len__(self) -> int:
+        return len(self._first)
+
+    def get_all(self, key: str) -> tuple[str, ...]:
+        k = key.lower()
+        return tuple(v for name, v in self.headers if name.lower() == k)
+
+    @property
+    def event(self) -> str | None:
+        return self._first.get("event")
+
+    @property
+    def response(self) -> str | None:
+        return self._first.get("response")
+
+    @property
+    def action_id(self) -> str | None:
+        return self._first.get("actionid")
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.headers[:4])
+        more = ", ..." if len(self.headers) > 4 else ""
+        return f"AmiMessage({shown}{more})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AmiMessage) and self.headers == other.headers
+
+    def __hash__(self) -> int:
+        return hash(self.headers)
+
+
+def decode_message(block: bytes, limits: FrameLimits = FrameLimits()) -> AmiMessage:
+    """Decode one message (without its terminating empty line)."""
+    headers: list[tuple[str, str]] = []
+    for raw in block.split(_EOL):
+        line = raw.strip(b"\r\n")
+        if not line:
+            continue
+        if len(line) > limits.max_line:
+            raise AmiFramingError(f"AMI header line longer than {limits.max_line} bytes")
+        key, sep, value = line.partition(b":")
+        if not sep:
+            # A line with no colon (old "Response: Follows" body text): kept, keyless.
+            headers.append(("", line.decode("utf-8", "replace")))
+        else:
+            if value[:1] == b" ":
+                value = value[1:]
+            name = key.strip().decode("utf-8", "replace")
+            headers.append((name, value.decode("utf-8", "replace")))
+        if len(headers) > limits.max_headers:
+            raise AmiFramingError(f"AMI message has more than {limits.max_headers} headers")
+    return AmiMessage(tuple(headers))
+
+
+class AmiParser:
+    """``feed(bytes)`` then ``next_message()`` until it returns ``None``."""
+
+    __slots__ = ("_buf", "_dead", "_expect_banner", "_pos", "_scan", "banner", "limits")
+
+    def __init__(self, limits: FrameLimits = FrameLimits(), expect_banner: bool = True) -> None:
+        self.limits = limits
+        self.banner: str | None = None
+        self._expect_banner = expect_banner
+        self._buf = bytearray()
+        self._pos = 0  # start of the unparsed bytes in _buf
+        self._scan = 0  # where to resume looking for a terminator
+        self._dead: AmiFramingError | None = None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes) -> None:
+        if self._dead is not None:
+            raise self._dead
+        if self._pos and self._pos >= 65536:
+            del self._buf[: self._pos]
+            self._scan -= self._pos
+            self._pos = 0
+        self._buf += data
+
+    def _fail(self, text: str) -> AmiFramingError:
+        self._dead = AmiFramingError(text)
+        return self._dead
+
+    def next_message(self) -> AmiMessage | None:
+        if self._dead is not None:
+            raise self._dead
+        buf = self._buf
+        if self._expect_banner and self.banner is None:
+            end = buf.find(_EOL, self._pos)
+            if end < 0:
+                if len(buf) - self._pos > self.limits.max_banner:
+                    raise self._fail("no AMI banner line")
+                return None
+            line = bytes(buf[self._pos : end]).decode("utf-8", "replace")
+            if not line.startswith(BANNER_PREFIX):
+                raise self._fail(f"not an AMI server: banner {line[:80]!r}")
+            self.banner = line
+            self._pos = self._scan = end + 2
+        while True:
+            start = self._pos
+            end = buf.find(_EOM, max(self._scan, start))
+            if end < 0:
+                pending = len(buf) - start
+                self._scan = max(start, len(buf) - 3)
+                if pending > self.limits.max_message:
+                    raise self._fail(f"AMI message longer than {self.limits.max_message} bytes")
+                last_eol = buf.rfind(_EOL, start)
+                line_start = start if last_eol < 0 else last_eol + 2
+                if len(buf) - line_start > self.limits.max_line:
+                    raise self._fail(f"AMI header line longer than {self.limits.max_line} bytes")
+                if self._pos == len(buf):
+                    buf.clear()
+                    self._pos = self._scan = 0
+                return None
+            self._pos = self._scan = end + 4
+            if end - start > self.limits.max_message:
+                raise self._fail(f"AMI message longer than {self.limits.max_message} bytes")
+            block = bytes(buf[start:end])
+            if not block.strip():
+                continue
+            try:
+                return decode_message(block, self.limits)
+            except AmiFramingError as exc:
+                self._dead = exc
+                raise
+
+    def messages(self, data: bytes) -> list[AmiMessage]:
+        """Feed ``data`` and return every message now complete."""
+        self.feed(data)
+        out: list[AmiMessage] = []
+        while (msg := self.next_message()) is not None:
+            out.append(msg)
+        return out

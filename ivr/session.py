@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK = 4096
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
+ALL_DIGITS = "0123456789*#"
 
 
 class AgiSessionEnded(Exception):
@@ -251,7 +252,7 @@ class AgiSession:
 
     async def read_digits(
         self,
-        prompt: str,
+        prompts: str | Sequence[str],
         *,
         max_digits: int,
         digit_timeout: float = 5.0,
@@ -262,12 +263,26 @@ class AgiSession:
     ) -> str | None:
         """Ask until the caller keys a valid answer; None after ``retries`` retries.
 
-        Valid means: ``min_digits`` to ``max_digits`` digits and, when ``valid`` is
-        given, one of its entries. Invalid or no input plays ``invalid_prompt``
-        (between tries, not after the last).
+        All prompts but the last play with every digit as escape digit (the caller
+        may answer early); the last one is GET DATA's prompt. Valid means
+        ``min_digits`` to ``max_digits`` digits (``#`` ends input) and, when
+        ``valid`` is given, one of its entries. Invalid or no input plays
+        ``invalid_prompt`` between tries.
         """
+        names = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not names:
+            raise ValueError("read_digits needs at least one prompt")
         for attempt in range(retries + 1):
-            digits, _timed_out = await self.get_data(prompt, digit_timeout, max_digits)
+            first = await self.play(names[:-1], ALL_DIGITS)
+            if first is None:
+                digits, _ = await self.get_data(names[-1], digit_timeout, max_digits)
+            elif first == "#":
+                digits = ""
+            elif max_digits == 1:
+                digits = first
+            else:
+                rest, _ = await self.get_data("", digit_timeout, max_digits - 1)
+                digits = first + rest
             if min_digits <= len(digits) <= max_digits and (valid is None or digits in valid):
                 return digits
             log.info(

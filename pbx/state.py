@@ -412,9 +412,9 @@ class PbxTracker:
     ) -> None:
         if not self._move(call, S.CONNECTED):
             return
-        wait = 0.0
         if call.queue is not None and call.queued_at is not None:
-            wait = self._leave_queue(call, call.queue, at)
+            self._leave_queue(call, call.queue, at)
+        wait = call.wait_total
         ring = 0.0
         if agent is not None and agent in call.offers:
             ring = at - call.offers.pop(agent)
@@ -490,11 +490,12 @@ class PbxTracker:
                     w.position -= 1
         if call is None:
             return
-        if call.state in (S.QUEUED, S.OFFERED) and call.queued_at is not None:
-            # Left without AgentConnect: timeout, exit key, or abandon (Hangup follows).
+        if call.queued_at is not None:
             self._leave_queue(call, e.queue, at)
-            for interface in list(call.offers):
-                self._withdraw(call, interface, "caller left", at, out)
+        # Asterisk sends QueueCallerLeave just before AgentConnect when an agent
+        # answers: an offered call stays offered. A queued one left the queue
+        # (timeout, exit key, abandon) and goes on in the dialplan.
+        if call.state is S.QUEUED:
             self._move(call, S.IN_IVR)
 
     def _caller_abandon(self, e: ev.QueueCallerAbandon, at: float, out: list[Change]) -> None:

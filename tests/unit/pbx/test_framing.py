@@ -1,0 +1,145 @@
+"""The AMI framing parser, fed recorded transcripts one byte at a time and in random chunks."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from pbx.framing import AmiFramingError, AmiMessage, AmiParser, FrameLimits, MissingHeader
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "ami"
+TRANSCRIPTS = sorted(FIXTURES.glob("*.txt"))
+
+
+def _whole(data: bytes) -> list[AmiMessage]:
+    return AmiParser().messages(data)
+
+
+def test_there_are_transcripts() -> None:
+    assert TRANSCRIPTS, f"no AMI transcripts in {FIXTURES}"
+
+
+@pytest.mark.parametrize("path", TRANSCRIPTS, ids=lambda p: p.name)
+def test_byte_at_a_time_equals_whole(path: Path) -> None:
+    data = path.read_bytes()
+    expected = _whole(data)
+    assert len(expected) == data.count(b"\r\n\r\n")
+    parser = AmiParser()
+    got: list[AmiMessage] = []
+    for i in range(len(data)):
+        got.extend(parser.messages(data[i : i + 1]))
+    assert got == expected
+    assert parser.buffered == 0
+    assert parser.banner is not None and parser.banner.startswith("Asterisk Call Manager/")
+
+
+@pytest.mark.parametrize("path", TRANSCRIPTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("seed", range(5))
+def test_random_chunkings_equal_whole(path: Path, seed: int) -> None:
+    data = path.read_bytes()
+    expected = _whole(data)
+    rng = random.Random(seed)
+    parser = AmiParser()
+    got: list[AmiMessage] = []
+    i = 0
+    while i < len(data):
+        n = rng.randint(1, 700)
+        got.extend(parser.messages(data[i : i + n]))
+        i += n
+    assert got == expected
+
+
+def test_utf8_split_across_reads_survives() -> None:
+    name = "Иван Петров".encode()
+    data = b"Asterisk Call Manager/5.0.1\r\nEvent: X\r\nCallerIDName: " + name + b"\r\n\r\n"
+    cut = data.index(name) + 1  # inside the two bytes of "И"
+    parser = AmiParser()
+    assert parser.messages(data[:cut]) == []
+    (msg,) = parser.messages(data[cut:])
+    assert msg["calleridname"] == "Иван Петров"
+
+
+def test_non_utf8_becomes_replacement_not_crash() -> None:
+    parser = AmiParser(expect_banner=False)
+    (msg,) = parser.messages(b"Event: X\r\nCallerIDName: \xcf\xf0\xe8\r\n\r\n")
+    assert msg["CallerIDName"] == "\ufffd\ufffd\ufffd"
+
+
+def test_missing_header_raises_clear_error() -> None:
+    (msg,) = AmiParser(expect_banner=False).messages(b"Event: Hangup\r\nChannel: a\r\n\r\n")
+    with pytest.raises(MissingHeader, match="Hangup has no 'Cause' header"):
+        msg["Cause"]
+    assert msg.get("Cause") is None
+    assert "cause" not in msg and "channel" in msg
+
+
+def test_repeated_headers_and_case_insensitivity() -> None:
+    (msg,) = AmiParser(expect_banner=False).messages(
+        b"Response: Success\r\nOutput: a\r\noutput: b\r\nValue: x: y\r\n\r\n"
+    )
+    assert msg["OUTPUT"] == "a"
+    assert msg.get_all("Output") == ("a", "b")
+    assert msg["value"] == "x: y"
+    assert msg.response == "Success" and msg.event is None
+
+
+def test_malformed_line_without_colon_is_kept_keyless() -> None:
+    (msg,) = AmiParser(expect_banner=False).messages(b"Event: X\r\ngarbage line\r\n\r\n")
+    assert msg.get_all("") == ("garbage line",)
+    assert msg.event == "X"
+
+
+def test_empty_blocks_are_skipped() -> None:
+    parser = AmiParser(expect_banner=False)
+    assert [m.event for m in parser.messages(b"\r\n\r\nEvent: A\r\n\r\n\r\n\r\nEvent: B\r\n\r\n")] \
+        == ["A", "B"]
+
+
+def test_not_an_ami_banner() -> None:
+    parser = AmiParser()
+    with pytest.raises(AmiFramingError, match="not an AMI server"):
+        parser.messages(b"SSH-2.0-OpenSSH_9\r\n")
+    with pytest.raises(AmiFramingError):  # dead after an error
+        parser.messages(b"Event: X\r\n\r\n")
+
+
+def test_banner_without_newline_is_bounded() -> None:
+    with pytest.raises(AmiFramingError, match="banner"):
+        AmiParser().messages(b"x" * 1000)
+
+
+def test_one_megabyte_header_value_is_bounded_while_streaming() -> None:
+    parser = AmiParser(expect_banner=False)
+    parser.messages(b"Event: X\r\nCallerIDName: ")
+    with pytest.raises(AmiFramingError, match="header line longer"):
+        for _ in range(1024):
+            parser.messages(b"A" * 1024)
+    assert parser.buffered <= FrameLimits().max_line + 2048
+
+
+def test_message_size_limit() -> None:
+    limits = FrameLimits(max_line=100, max_message=1000, max_headers=10_000)
+    parser = AmiParser(limits, expect_banner=False)
+    with pytest.raises(AmiFramingError, match="message longer"):
+        for i in range(200):
+            parser.messages(f"H{i}: v\r\n".encode())
+
+
+def test_header_count_limit() -> None:
+    parser = AmiParser(FrameLimits(max_headers=5), expect_banner=False)
+    with pytest.raises(AmiFramingError, match="more than 5 headers"):
+        parser.messages(b"".join(b"H: v\r\n" for _ in range(6)) + b"\r\n")
+
+
+def test_long_line_inside_complete_message_is_rejected() -> None:
+    parser = AmiParser(FrameLimits(max_line=50), expect_banner=False)
+    with pytest.raises(AmiFramingError, match="header line longer"):
+        parser.messages(b"Event: X\r\nV: " + b"a" * 60 + b"\r\n\r\n")
+
+
+def test_messages_are_immutable() -> None:
+    (msg,) = AmiParser(expect_banner=False).messages(b"Event: X\r\n\r\n")
+    with pytest.raises(TypeError):
+        msg["Event"] = "Y"  # type: ignore[index]

@@ -1,0 +1,280 @@
+"""Calls from the PBX (pbx.changes) become voice conversations and history.
+
+Theory of operation: one voice conversation per ``call_id`` (its
+``external_ref``), created by the first change that carries the caller's
+number (CallStarted, CallQueued or CallOffered) after identifying the caller.
+Each change becomes at most one history event whose ``dedup_key`` is derived
+from the change itself, so the same change delivered twice (after an AMI
+reconnect and resync) is recorded once. CallOffered is the screen-pop moment:
+the agent whose endpoint is the offered interface gets the pop before the
+phone is answered. Changes for calls we never saw start (we connected
+mid-call) and that carry no caller number are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from cti.agents import AgentService
+from cti.conversations import ConversationService
+from cti.customers import CustomerService
+from cti.history import HistoryEntry, HistoryWriter
+from cti.hub import EventHub
+from cti.identities import IdentityKind
+from cti.models import Conversation
+from cti.screenpop import ScreenPop
+from pbx.changes import (
+    CallAbandoned,
+    CallAnswered,
+    CallEnded,
+    CallHeld,
+    CallOffered,
+    CallQueued,
+    CallStarted,
+    CallTransferred,
+    Change,
+    PbxLinkChanged,
+)
+
+log = logging.getLogger(__name__)
+
+ANONYMOUS = {"", "anonymous", "unknown", "restricted", "<unknown>"}
+
+
+def _at(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC) if ts > 0 else datetime.now(UTC)
+
+
+class CallHandler:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        customers: CustomerService,
+        conversations: ConversationService,
+        agents: AgentService,
+        history: HistoryWriter,
+        screen_pop: ScreenPop,
+        hub: EventHub,
+    ) -> None:
+        self._sessions = sessions
+        self._customers = customers
+        self._conversations = conversations
+        self._agents = agents
+        self._history = history
+        self._pop = screen_pop
+        self._hub = hub
+        self.link_state: dict[str, PbxLinkChanged] = {}
+
+    async def handle(self, change: Change) -> None:
+        match change:
+            case CallStarted():
+                await self._ensure(
+                    change.call_id, change.caller_number, change.caller_name, None, change.at
+                )
+                await self._record(
+                    change.call_id,
+                    "call_started",
+                    change.at,
+                    {"dialled": change.dialled, "caller": change.caller_number},
+                    "started",
+                )
+            case CallQueued():
+                conv = await self._ensure(
+                    change.call_id,
+                    change.caller_number,
+                    change.caller_name,
+                    change.queue,
+                    change.at,
+                )
+                await self._set_queue(conv, change.queue)
+                await self._record(
+                    change.call_id,
+                    "call_queued",
+                    change.at,
+                    {"queue": change.queue, "position": change.position},
+                    f"queued:{change.queue}",
+                )
+            case CallOffered():
+                await self._offered(change)
+            case CallAnswered():
+                await self._answered(change)
+            case CallHeld():
+                kind = "call_held" if change.held else "call_unheld"
+                await self._record(change.call_id, kind, change.at, {}, f"{kind}:{change.at:.3f}")
+            case CallTransferred():
+                await self._record(
+                    change.call_id,
+                    "call_transferred",
+                    change.at,
+                    {
+                        "kind": change.kind,
+                        "target": change.target,
+                        "agent_interface": change.agent_interface,
+                    },
+                    f"transferred:{change.target}:{change.at:.3f}",
+                )
+            case CallAbandoned():
+                await self._record(
+                    change.call_id,
+                    "call_abandoned",
+                    change.at,
+                    {"queue": change.queue, "position": change.position, "wait": change.wait},
+                    "abandoned",
+                )
+            case CallEnded():
+                await self._ended(change)
+            case PbxLinkChanged():
+                self.link_state[change.pbx] = change
+            case _:
+                pass
+
+    async def _ensure(
+        self, call_id: str, number: str, name: str, queue: str | None, at: float
+    ) -> Conversation:
+        existing = await self._conversations.by_ref(call_id)
+        if existing is not None:
+            return existing
+        if number.strip().lower() in ANONYMOUS:
+            customer = await self._customers.new_anonymous(name or "Anonymous caller")
+        else:
+            customer, _ = await self._customers.identify(IdentityKind.PHONE, number, name=name)
+        conv, _ = await self._conversations.open(
+            "voice",
+            customer.id,
+            queue=queue,
+            contact=number[:256],
+            external_ref=call_id,
+            queued_at=_at(at),
+        )
+        return conv
+
+    async def _set_queue(self, conv: Conversation, queue: str) -> None:
+        if conv.queue != queue:
+            async with self._sessions() as session, session.begin():
+                await session.execute(
+                    update(Conversation).where(Conversation.id == conv.id).values(queue=queue)
+                )
+            conv.queue = queue
+
+    async def _record(
+        self, call_id: str, kind: str, at: float, payload: dict[str, Any], key: str
+    ) -> Conversation | None:
+        conv = await self._conversations.by_ref(call_id)
+        if conv is None:
+            log.debug("%s for unknown call %s ignored", kind, call_id)
+            return None
+        await self._history.add(
+            HistoryEntry(
+                customer_id=conv.customer_id,
+                conversation_id=conv.id,
+                kind=kind,
+                channel="voice",
+                occurred_at=_at(at),
+                payload={"call_id": call_id, **payload},
+                dedup_key=f"{call_id}:{key}"[:200],
+            )
+        )
+        return conv
+
+    async def _offered(self, change: CallOffered) -> None:
+        conv = await self._ensure(
+            change.call_id,
+            change.caller_number,
+            change.caller_name,
+            change.queue,
+            change.at - change.wait,
+        )
+        agent = await self._agents.by_endpoint(change.agent_interface)
+        if agent is not None:
+            interaction = {
+                "queue": change.queue,
+                "wait": change.wait,
+                "dialled": change.dialled,
+                "caller": change.caller_number,
+                "caller_name": change.caller_name,
+                "call_id": change.call_id,
+                "pbx": change.pbx,
+            }
+            await self._pop.pop(agent, conv, interaction)
+        await self._record(
+            change.call_id,
+            "call_offered",
+            change.at,
+            {
+                "queue": change.queue,
+                "agent_interface": change.agent_interface,
+                "agent": agent.login if agent else None,
+                "wait": change.wait,
+            },
+            f"offered:{change.agent_interface}:{change.at:.3f}",
+        )
+
+    async def _answered(self, change: CallAnswered) -> None:
+        conv = await self._conversations.by_ref(change.call_id)
+        if conv is None:
+            return
+        agent = await self._agents.by_endpoint(change.agent_interface)
+        if agent is not None:
+            async with self._sessions() as session, session.begin():
+                await session.execute(
+                    update(Conversation)
+                    .where(Conversation.id == conv.id, Conversation.status != "closed")
+                    .values(owner_id=agent.id, status="assigned")
+                )
+            self._hub.publish(
+                [agent.id], "call_answered", {"conversation_id": conv.id, "call_id": change.call_id}
+            )
+        await self._record(
+            change.call_id,
+            "call_answered",
+            change.at,
+            {
+                "queue": change.queue,
+                "agent_interface": change.agent_interface,
+                "agent": agent.login if agent else None,
+                "wait": change.wait,
+                "ring": change.ring,
+            },
+            f"answered:{change.agent_interface}",
+        )
+
+    async def _ended(self, change: CallEnded) -> None:
+        conv = await self._conversations.by_ref(change.call_id)
+        if conv is None:
+            return
+        status = "wrapup" if conv.owner_id is not None else "closed"
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                update(Conversation)
+                .where(Conversation.id == conv.id, Conversation.status.in_(("queued", "assigned")))
+                .values(status=status, closed_at=_at(change.at) if status == "closed" else None)
+            )
+        d = change.durations
+        await self._record(
+            change.call_id,
+            "call_ended",
+            change.at,
+            {
+                "cause": change.cause,
+                "cause_text": change.cause_text,
+                "reason": change.reason,
+                "queue": change.queue,
+                "agent_interface": change.agent_interface,
+                "wait": d.wait,
+                "ring": d.ring,
+                "talk": d.talk,
+                "hold": d.hold,
+            },
+            "ended",
+        )
+        if conv.owner_id is not None:
+            self._hub.publish(
+                [conv.owner_id],
+                "call_ended",
+                {"conversation_id": conv.id, "call_id": change.call_id},
+            )

@@ -1,0 +1,169 @@
+"""The OpenAPI 3.1 document served at /api/v1/openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _op(
+    summary: str,
+    *,
+    body: dict[str, Any] | None = None,
+    auth: bool = True,
+    ok: int = 200,
+    params: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "responses": {
+            str(ok): {"description": "success"},
+            "default": {
+                "description": "error",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            },
+        },
+    }
+    if auth:
+        op["security"] = [{"bearer": []}]
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _obj(required: list[str], **props: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": props}
+
+
+STR = {"type": "string"}
+STRS = {"type": "array", "items": {"type": "string"}}
+INT = {"type": "integer"}
+ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": INT}
+
+
+def _q(name: str, schema: dict[str, Any] = STR) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "CTI server API", "version": "1"},
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": _obj(
+                ["error"],
+                error=_obj(
+                    ["code", "message", "details"],
+                    code=STR,
+                    message=STR,
+                    details={"type": "object"},
+                ),
+            ),
+        },
+    },
+    "paths": {
+        "/api/v1/auth/token": {
+            "post": _op(
+                "Issue a bearer token",
+                auth=False,
+                body=_obj(["login", "password"], login=STR, password=STR),
+            )
+        },
+        "/api/v1/me": {"get": _op("The calling agent")},
+        "/api/v1/agents": {
+            "post": _op(
+                "Create an agent (admin)",
+                ok=201,
+                body=_obj(
+                    ["login", "password"],
+                    login=STR,
+                    password=STR,
+                    name=STR,
+                    role=STR,
+                    endpoint=STR,
+                    queues=STRS,
+                    skills=STRS,
+                    max_text=INT,
+                ),
+            )
+        },
+        "/api/v1/customers": {
+            "post": _op(
+                "Create a customer",
+                ok=201,
+                body=_obj(
+                    ["name"],
+                    name=STR,
+                    phones=STRS,
+                    emails=STRS,
+                    segment=STR,
+                    notes=STR,
+                    external_id=STR,
+                    tags=STRS,
+                    custom={"type": "object"},
+                ),
+            ),
+            "get": _op(
+                "Find customers by phone (any format) or email", params=[_q("phone"), _q("email")]
+            ),
+        },
+        "/api/v1/customers/{id}": {"get": _op("A customer card", params=[ID_PARAM])},
+        "/api/v1/customers/{id}/history": {
+            "get": _op(
+                "The customer's history across channels, newest first",
+                params=[ID_PARAM, _q("limit", INT), _q("cursor")],
+            )
+        },
+        "/api/v1/customers/{id}/identities": {
+            "post": _op(
+                "Link a contact to the customer",
+                params=[ID_PARAM],
+                body=_obj(["kind", "value"], kind=STR, value=STR),
+            )
+        },
+        "/api/v1/customers/{id}/merge": {
+            "post": _op(
+                "Merge another customer into this one (supervisor)",
+                params=[ID_PARAM],
+                body=_obj(["source_id"], source_id=INT),
+            )
+        },
+        "/api/v1/merges/{id}/undo": {"post": _op("Undo a merge (supervisor)", params=[ID_PARAM])},
+        "/api/v1/conversations": {
+            "get": _op("My open conversations, or the queue", params=[_q("scope"), _q("queue")])
+        },
+        "/api/v1/conversations/{id}": {"get": _op("A conversation", params=[ID_PARAM])},
+        "/api/v1/conversations/{id}/take": {
+            "post": _op("Take a queued conversation (409 names the owner)", params=[ID_PARAM])
+        },
+        "/api/v1/conversations/{id}/transfer": {
+            "post": _op(
+                "Transfer to an agent or a queue",
+                params=[ID_PARAM],
+                body=_obj([], agent=STR, queue=STR),
+            )
+        },
+        "/api/v1/conversations/{id}/close": {
+            "post": _op(
+                "Close with a wrap-up code", params=[ID_PARAM], body=_obj([], wrap_up_code=STR)
+            )
+        },
+        "/api/v1/conversations/{id}/messages": {
+            "post": _op(
+                "Reply by SMS or chat", ok=201, params=[ID_PARAM], body=_obj(["text"], text=STR)
+            )
+        },
+        "/api/v1/health": {"get": _op("State of each link", auth=False)},
+        "/api/v1/events": {
+            "get": _op(
+                "WebSocket of live events (screen_pop, ...), each with seq; resume with last_seq",
+                auth=False,
+                ok=101,
+                params=[_q("token"), _q("last_seq", INT)],
+            )
+        },
+        "/api/v1/openapi.json": {"get": _op("This document", auth=False)},
+    },
+}

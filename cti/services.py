@@ -1,0 +1,94 @@
+"""All server objects, built in one place and passed into constructors.
+
+The lead wires the real links through the seams here: feed ``pbx.changes``
+events into ``calls.handle(change)``, set ``conversations.outbound`` to the
+SMS/chat sender, and register each link's state probe with ``links.register``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from cti.agents import AgentService
+from cti.auth import Role, TokenSigner
+from cti.calls import CallHandler
+from cti.config import Settings
+from cti.conversations import ConversationService
+from cti.customers import CustomerService
+from cti.db import create_engine, migrate, sessionmaker
+from cti.history import HistoryWriter
+from cti.hub import EventHub
+from cti.screenpop import ScreenPop
+
+LinkProbe = Callable[[], Awaitable[dict[str, Any]]]
+
+
+@dataclass(slots=True)
+class LinkRegistry:
+    """Health of each external link: name -> async probe returning {"kind", "up", ...}."""
+
+    probes: dict[str, LinkProbe] = field(default_factory=dict)
+
+    def register(self, name: str, probe: LinkProbe) -> None:
+        self.probes[name] = probe
+
+    async def report(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for name, probe in self.probes.items():
+            try:
+                out[name] = await probe()
+            except Exception as exc:  # a probe failure is a down link, not a 500
+                out[name] = {"up": False, "detail": f"{type(exc).__name__}: {exc}"}
+        return out
+
+
+class Services:
+    def __init__(self, settings: Settings, engine: AsyncEngine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or create_engine(settings.database_url())
+        self.sessions: async_sessionmaker[AsyncSession] = sessionmaker(self.engine)
+        self.history = HistoryWriter(
+            self.engine,
+            batch=settings.history_batch,
+            flush_interval=settings.history_flush_interval,
+        )
+        self.hub = EventHub(replay=settings.replay_buffer, queue_size=settings.socket_queue)
+        self.signer = TokenSigner(settings.secret_key, settings.token_ttl)
+        self.agents = AgentService(self.sessions, self.signer, settings.max_text_conversations)
+        self.customers = CustomerService(self.sessions, self.history, settings.default_region)
+        self.conversations = ConversationService(self.sessions, self.history)
+        self.screen_pop = ScreenPop(self.sessions, self.customers, self.history, self.hub)
+        self.conversations.on_assigned.append(self.screen_pop.on_text_assigned)
+        self.calls = CallHandler(
+            self.sessions,
+            self.customers,
+            self.conversations,
+            self.agents,
+            self.history,
+            self.screen_pop,
+            self.hub,
+        )
+        self.links = LinkRegistry()
+        self.links.register("database", self._database_probe)
+        self.redis: Any = None
+
+    async def _database_probe(self) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return {"kind": "database", "up": True, "backend": self.engine.dialect.name}
+
+    async def start(self) -> None:
+        await migrate(self.engine)
+        self.history.start()
+        admin = self.settings.bootstrap_admin
+        if admin is not None and await self.agents.count_admins() == 0:
+            await self.agents.create(admin.login, admin.password, name=admin.login, role=Role.ADMIN)
+
+    async def stop(self) -> None:
+        await self.history.close()
+        await self.engine.dispose()

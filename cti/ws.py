@@ -1,0 +1,97 @@
+"""WebSocket /api/v1/events: live events for one agent, with seq resume.
+
+The token comes in the query (``?token=...&last_seq=N``) or in the first
+message (``{"type": "auth", "token": ..., "last_seq": N}``). After ``hello``
+the server sends the missed messages, then live ones. A client whose queue
+overflows is closed with code 4008; it reconnects with its last seq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from cti.auth import Principal
+from cti.errors import DomainError, Unauthorized
+from cti.hub import Subscription
+from cti.keys import SERVICES
+
+AUTH_TIMEOUT = 10.0
+MAX_CLIENT_MESSAGE = 4096
+SLOW_CONSUMER = 4008
+UNAUTHORIZED = 4001
+
+
+def _last_seq(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        seq = int(value)
+    except (TypeError, ValueError):
+        raise Unauthorized("last_seq must be an integer") from None
+    return seq if seq >= 0 else None
+
+
+async def _pump(ws: web.WebSocketResponse, sub: Subscription) -> None:
+    while True:
+        text = await sub.queue.get()
+        await ws.send_str(text)
+        sub.delivered += 1
+        if sub.overflowed and sub.queue.empty():
+            await ws.close(code=SLOW_CONSUMER, message=b"slow consumer: reconnect with last_seq")
+            return
+
+
+async def events(request: web.Request) -> web.WebSocketResponse:
+    services = request.app[SERVICES]
+    ws = web.WebSocketResponse(heartbeat=30, max_msg_size=MAX_CLIENT_MESSAGE)
+    await ws.prepare(request)
+    token = request.query.get("token")
+    last_seq_raw: Any = request.query.get("last_seq")
+    try:
+        if token is None:
+            msg = await ws.receive(timeout=AUTH_TIMEOUT)
+            if msg.type is not WSMsgType.TEXT:
+                raise Unauthorized("the first message must be an auth message")
+            try:
+                first = json.loads(msg.data)
+            except ValueError:
+                raise Unauthorized("the first message must be JSON") from None
+            if not isinstance(first, dict) or first.get("type") != "auth":
+                raise Unauthorized('the first message must be {"type":"auth","token":...}')
+            token = str(first.get("token") or "")
+            last_seq_raw = first.get("last_seq", last_seq_raw)
+        who: Principal = services.agents.authenticate(token)
+        last_seq = _last_seq(last_seq_raw)
+    except (DomainError, TimeoutError) as exc:
+        message = exc.message if isinstance(exc, DomainError) else "no auth message in time"
+        await ws.send_json({"type": "error", "error": {"code": "unauthorized", "message": message}})
+        await ws.close(code=UNAUTHORIZED, message=b"unauthorized")
+        return ws
+    sub = services.hub.subscribe(who.agent_id, last_seq)
+    await ws.send_json(
+        {
+            "type": "hello",
+            "agent_id": who.agent_id,
+            "role": str(who.role),
+            "epoch": services.hub.epoch,
+            "last_seq": services.hub.seq,
+        }
+    )
+    pump = asyncio.create_task(_pump(ws, sub), name=f"ws-pump-{who.agent_id}")
+    try:
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT and msg.data == "ping":
+                await ws.send_str('{"type":"pong"}')
+            elif msg.type is WSMsgType.ERROR:
+                break
+    finally:
+        services.hub.unsubscribe(sub)
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await pump
+    return ws

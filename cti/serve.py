@@ -1,0 +1,99 @@
+"""``cti serve``: run the CTI server (HTTP API, WebSocket, links)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from cti.app import create_app
+from cti.config import ConfigError, Settings, load_settings
+from cti.demo import seed
+from cti.keys import SERVICES
+
+log = logging.getLogger("cti.serve")
+
+LabHook = Callable[[web.Application, Settings], None]
+
+
+def attach_lab(app: web.Application, settings: Settings) -> None:
+    """Hook for ``--lab``: start the lab PBX (cti.lab.LabPbx) and feed its changes.
+
+    The lead wires it: append a cleanup_ctx that starts the lab Asterisk, opens
+    the AMI link, registers its health probe with ``app[SERVICES].links`` and
+    forwards each pbx.changes event to ``await app[SERVICES].calls.handle(change)``.
+    """
+    raise ConfigError("--lab is not wired yet: see cti.serve.attach_lab")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML settings file")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="seed demo agents (agent1..agent4, supervisor, admin) and customers",
+    )
+    parser.add_argument("--lab", action="store_true", help="start and use the lab Asterisk PBX")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+
+
+def _demo_ctx(logins: list[tuple[str, str]]) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        logins.extend(await seed(app[SERVICES]))
+        yield
+
+    return ctx
+
+
+async def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    app = create_app(settings)
+    logins: list[tuple[str, str]] = []
+    if args.demo:
+        app.cleanup_ctx.append(_demo_ctx(logins))
+    if args.lab:
+        attach_lab(app, settings)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.http_listen.host, settings.http_listen.port)
+        await site.start()
+        host = settings.http_listen.host
+        url = (
+            f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{settings.http_listen.port}"
+        )
+        print(f"CTI server listening on {url}  (API {url}/api/v1, desk {url}/)", flush=True)
+        for login, password in logins:
+            print(f"  demo login: {login} / {password}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    try:
+        settings = load_settings(args.config)
+        return asyncio.run(_serve(settings, args))
+    except ConfigError as exc:
+        print(f"cti serve: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"cti serve: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0

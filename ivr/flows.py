@@ -282,7 +282,8 @@ def make_inbound(config: IvrConfig = DEFAULT_CONFIG) -> Flow:
         """Language, identification, self-service / skill menu, position and wait."""
         session.step = "answer"
         await session.answer()
-        await rec.record("start", session.environment.get("dnid") or "inbound")
+        dialled = await session.get_variable("CTI_DNID")
+        await rec.record("start", f"dialled:{dialled or session.environment.extension}")
         await _choose_language(session, rec, config)
         customer = await _identify(session, ports, rec, config)
         if customer is not None:
@@ -326,7 +327,7 @@ async def _finish_exit(
     await session.set_variable("CTI_EXIT_OUTCOME", outcome)
     await session.user_event(
         "CtiQueueOutcome",
-        {"Queue": queue, "Outcome": outcome, "Uniqueid": env.uniqueid, "Detail": detail},
+        {"Queue": queue, "Outcome": outcome, "CallId": env.uniqueid, "Detail": detail},
     )
     await session.exec("QueueLog", f"{queue},{env.uniqueid},NONE,{outcome.upper()},{detail}")
     await rec.record("queue_exit", f"{outcome}:{detail}")

@@ -95,6 +95,7 @@ class FastAgiServer:
         self.counters = ServerCounters()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sessions: dict[asyncio.Task[None], AgiSession] = {}
         self._reject_log: dict[str, tuple[float, int]] = {}
         self._closing = False
 
@@ -108,6 +109,10 @@ class FastAgiServer:
     @property
     def active_sessions(self) -> int:
         return len(self._tasks)
+
+    def sessions(self) -> list[AgiSession]:
+        """The sessions running a flow now (for metrics, the lab and tests)."""
+        return list(self._sessions.values())
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
@@ -191,7 +196,13 @@ class FastAgiServer:
                 log.warning("AGI from %s asked for unknown flow %r", host, env.script[:64])
                 return
             session = AgiSession(env, reader, writer, parser, self.settings.limits)
-            await flow(session, self.ports)
+            task = asyncio.current_task()
+            assert task is not None
+            self._sessions[task] = session
+            try:
+                await flow(session, self.ports)
+            finally:
+                del self._sessions[task]
             self.counters.completed += 1
         except AgiHangup as exc:
             self.counters.hangups += 1

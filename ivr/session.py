@@ -109,6 +109,7 @@ class AgiSession:
         self.limits = limits or SessionLimits()
         self.hung_up = False
         self.step = "start"  # where the flow is: recorded when the caller hangs up
+        self.pending_command: str | None = None  # the command awaiting its result
         self.started = time.time()
 
     # ------------------------------------------------------------------ wire
@@ -138,11 +139,14 @@ class AgiSession:
             self.hung_up = True
             raise AgiHangup(f"connection lost sending {command}") from exc
         seconds = self.limits.command_timeout if limit is None else limit
+        self.pending_command = command
         try:
             async with asyncio.timeout(seconds):
                 result = await self._read_result()
         except TimeoutError as exc:
             raise AgiCommandTimeout(f"no answer to {command} within {seconds:.1f}s") from exc
+        finally:
+            self.pending_command = None
         if result.code == 511:
             self.hung_up = True
             raise AgiHangup(f"dead channel: {command} not permitted")

@@ -1,0 +1,169 @@
+"""The IVR flows against the real lab Asterisk: its dialplan calls our FastAGI
+server, DTMF is injected with AMI PlayDTMF (Receive: true, as if the caller
+pressed it), and AMI shows the call reaching the queue the IVR chose."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from cti.lab import LabPbx
+from ivr.flows import RU_VOICE, IvrConfig, default_routes
+from ivr.ports import Customer, OrderState, OrderStatus, QueueStats
+from ivr.reference_ports import MemoryPorts
+from ivr.server import FastAgiServer, FastAgiSettings
+from ivr.session import AgiSession
+from tests.integration.ivr.ami import AmiProbe
+
+pytestmark = pytest.mark.integration
+
+CALLER = "79161234567"
+WITHIN = 30.0
+CONFIG = IvrConfig(digit_timeout=3.0, retries=2)
+
+
+@dataclasses.dataclass
+class IvrLab:
+    pbx: LabPbx
+    ami: AmiProbe
+    server: FastAgiServer
+    memory: MemoryPorts
+
+
+@pytest.fixture
+async def lab(lab_pbx: LabPbx) -> AsyncIterator[IvrLab]:
+    memory = MemoryPorts()
+    customer = Customer("cust-1", "Ivan Petrov", CALLER, "ru")
+    memory.customers.by_phone[CALLER] = customer
+    memory.customers.by_reference["4242"] = customer
+    memory.orders.latest["cust-1"] = OrderStatus("1234", OrderState.SHIPPED)
+    memory.queues.stats["support"] = QueueStats("support", waiting=2, agents_available=0,
+                                                agents_logged_in=2, recent_aht=120.0)
+    settings = FastAgiSettings(host=lab_pbx.agi_host, port=lab_pbx.agi_port,
+                               allowed_hosts=frozenset({"127.0.0.1"}), shutdown_grace=2.0)
+    server = FastAgiServer(settings, default_routes(CONFIG), memory.ports())
+    ami = AmiProbe()
+    await server.start()
+    try:
+        await ami.connect(lab_pbx.ami_url)
+        yield IvrLab(lab_pbx, ami, server, memory)
+    finally:
+        await ami.close()
+        await server.close()
+
+
+async def wait_until(condition: Callable[[], bool], what: str, within: float = WITHIN) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def session_at(lab: IvrLab, script: str, step: str) -> AgiSession:
+    """The running session of ``script`` once it plays or reads at ``step``."""
+    found: list[AgiSession] = []
+
+    def ready() -> bool:
+        for s in lab.server.sessions():
+            if (s.environment.script == script and s.step == step
+                    and s.pending_command in ("STREAM FILE", "GET DATA", "SAY DIGITS")):
+                found[:] = [s]
+                return True
+        return False
+
+    await wait_until(ready, f"{script} at {step}")
+    return found[0]
+
+
+async def press(lab: IvrLab, channel: str, digit: str, done: Callable[[], bool]) -> None:
+    """Press ``digit`` (re-pressing if a press fell between two commands) until done."""
+    for _ in range(8):
+        response = await lab.ami.action({"Action": "PlayDTMF", "Channel": channel,
+                                         "Digit": digit, "Duration": "250", "Receive": "true"})
+        assert response.get("Response") == "Success", response
+        try:
+            await wait_until(done, f"the effect of pressing {digit}", within=4.0)
+            return
+        except AssertionError:
+            continue
+    raise AssertionError(f"pressing {digit} on {channel} had no effect")
+
+
+def steps(memory: MemoryPorts) -> list[tuple[str, str]]:
+    return [(c.step, c.value) for c in memory.history.choices]
+
+
+def recorded(memory: MemoryPorts, step: str) -> Callable[[], bool]:
+    return lambda: any(c.step == step for c in memory.history.choices)
+
+
+async def call_in(lab: IvrLab, number: str = "100") -> None:
+    response = await lab.ami.action({
+        "Action": "Originate", "Channel": f"Local/{number}@from-trunk",
+        "Application": "Wait", "Data": "120", "CallerID": f"Ivan <{CALLER}>",
+        "Async": "true",
+    })
+    assert response.get("Response") == "Success", response
+
+
+async def test_inbound_identifies_routes_and_queues_then_deflects(lab: IvrLab) -> None:
+    memory = lab.memory
+    await call_in(lab)
+    session = await session_at(lab, "inbound", "language")
+    channel = session.environment.channel
+    call_id = session.environment.uniqueid
+    assert session.environment.caller_number == CALLER
+
+    await press(lab, channel, "2", recorded(memory, "language"))
+    await session_at(lab, "inbound", "menu")
+    assert ("identify", "cli") in steps(memory)
+    await press(lab, channel, "3", recorded(memory, "menu"))
+
+    joined = await lab.ami.wait_event(
+        lambda e: e.get("Event") == "QueueCallerJoin" and e.get("Channel") == channel
+    )
+    assert joined["Queue"] == "support"
+    assert steps(memory) == [
+        ("start", "dialled:100"), ("language", RU_VOICE), ("identify", "cli"),
+        ("menu", "support"), ("queue", "support"), ("announce", "position:3:wait:180"),
+    ]
+    assert all(c.call_id == call_id for c in memory.history.choices)
+    assert all(c.customer_id == "cust-1" for c in memory.history.choices[2:])
+
+    # In the queue: 1 = continue by SMS / web chat.
+    await press(lab, channel, "1", lambda: bool(memory.deflection.requests))
+    outcome = await lab.ami.wait_event(
+        lambda e: e.get("Event") == "UserEvent" and e.get("UserEvent") == "CtiQueueOutcome"
+    )
+    assert outcome["Outcome"] == "deflected"
+    assert outcome["Queue"] == "support"
+    assert outcome["CallId"] == call_id
+    await lab.ami.wait_event(lambda e: e.get("Event") == "Hangup" and e.get("Channel") == channel)
+    request = memory.deflection.requests[0]
+    assert (request.call_id, request.caller_number, request.queue, request.customer_id) == (
+        call_id, CALLER, "support", "cust-1")
+    assert request.language == RU_VOICE
+    assert ("menu", "support") in [(c.step, c.value) for c in request.choices]
+    assert request.queue_entry_time <= time.time()
+    await memory.history.wait_for("queue_exit", WITHIN)
+    assert ("queue_exit", "deflected:conv-1") in steps(memory)
+    await wait_until(lambda: lab.server.active_sessions == 0, "sessions to end")
+
+
+async def test_caller_hangs_up_mid_prompt(lab: IvrLab) -> None:
+    await call_in(lab)
+    session = await session_at(lab, "inbound", "language")
+    hangups_before = lab.server.counters.hangups
+    response = await lab.ami.action({"Action": "Hangup", "Channel": session.environment.channel})
+    assert response.get("Response") == "Success", response
+    choice = await lab.memory.history.wait_for("hangup", WITHIN)
+    assert choice.value == "language"
+    assert choice.call_id == session.environment.uniqueid
+    await wait_until(lambda: lab.server.active_sessions == 0, "the session to end")
+    assert lab.server.counters.hangups == hangups_before + 1
+    assert lab.server.counters.flow_errors == 0

@@ -2,22 +2,133 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from cti.lab import LabPbx
+from cti.lab import STATE_FILE, LabPbx
+from tests.peers.asterisk import LabPbxFactory
+from tests.peers.sipp import register_agent, wait_until
 
 pytestmark = pytest.mark.integration
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def ami_login_events(pbx: LabPbx, secret: str) -> list[dict[str, str]]:
+    """Log in over a raw socket; the messages up to FullyBooted or an error."""
+    reader, writer = await asyncio.open_connection(pbx.host, pbx.ami_port)
+    try:
+        banner = await asyncio.wait_for(reader.readline(), 10)
+        assert banner.startswith(b"Asterisk Call Manager/"), banner
+        writer.write(f"Action: Login\r\nUsername: {pbx.ami_user}\r\nSecret: {secret}\r\n\r\n"
+                     .encode())
+        messages: list[dict[str, str]] = []
+        while True:
+            block = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            fields = dict(
+                line.split(": ", 1) for line in block.decode().strip().split("\r\n") if ": " in line
+            )
+            messages.append(fields)
+            if fields.get("Event") == "FullyBooted" or fields.get("Response") == "Error":
+                return messages
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
 
 def test_lab_pbx_boots_with_the_rendered_configuration(lab_pbx: LabPbx) -> None:
-    assert lab_pbx.pid is not None
+    assert lab_pbx.pid is not None and lab_pbx.is_running()
     endpoints = lab_pbx.cli("pjsip show endpoints")
     for name in ("trunk", "carrier", "agent1", "agent2", "agent3", "agent4"):
         assert f"Endpoint:  {name}" in endpoints
+    assert f"127.0.0.1:{lab_pbx.sip_port}" in endpoints
     queues = lab_pbx.cli("queue show")
     assert "support has 0 calls" in queues and "'linear' strategy" in queues
     assert "sales has 0 calls" in queues
     user = lab_pbx.cli(f"manager show user {lab_pbx.ami_user}")
     assert "read perm: system,call,agent,user,dtmf" in user
+    assert "write perm: call,agent,user,reporting,originate" in user
     dialplan = lab_pbx.cli("dialplan show cti-inbound")
     assert f"agi://{lab_pbx.agi_host}:{lab_pbx.agi_port}/inbound" in dialplan
+    assert 'Queue(${CTI_QUEUE})' in dialplan
+    assert f"sip:{lab_pbx.carrier_host}:{lab_pbx.carrier_port}" in lab_pbx.cli(
+        "pjsip show aor carrier")
+    assert lab_pbx.ami_url == (
+        f"ami://{lab_pbx.ami_user}:{lab_pbx.ami_secret}@127.0.0.1:{lab_pbx.ami_port}")
+
+
+async def test_ami_reports_fully_booted_and_refuses_a_wrong_secret(lab_pbx: LabPbx) -> None:
+    messages = await ami_login_events(lab_pbx, lab_pbx.ami_secret)
+    assert messages[0].get("Response") == "Success"
+    assert messages[-1].get("Event") == "FullyBooted"
+    refused = await ami_login_events(lab_pbx, "not-the-secret")
+    assert refused[-1].get("Response") == "Error"
+
+
+def test_agent_registers_and_a_wrong_password_is_refused(
+    lab_pbx: LabPbx, tmp_path: Path
+) -> None:
+    good = register_agent(lab_pbx, tmp_path, "agent3", hold=3.0)
+    wait_until(lambda: "agent3/sip:agent3@127.0.0.1" in lab_pbx.cli("pjsip show contacts"),
+               20, "agent3's contact")
+    result = good.wait(30)
+    assert result.ok, result
+    wait_until(lambda: "agent3/sip:" not in lab_pbx.cli("pjsip show contacts"), 20,
+               "agent3 to unregister")
+    bad = register_agent(lab_pbx, tmp_path, "agent4", password="wrong", timeout=10,
+                         name="register-bad")
+    refused = bad.wait(30)
+    assert not refused.ok and refused.failed_calls == 1, refused
+    assert "agent4/sip:" not in lab_pbx.cli("pjsip show contacts")
+
+
+def test_two_instances_side_by_side_and_restart_on_the_same_ports(
+    lab_pbx_factory: LabPbxFactory,
+) -> None:
+    first = lab_pbx_factory(agents=2)
+    second = lab_pbx_factory(agents=2)
+    assert {first.sip_port, first.ami_port}.isdisjoint({second.sip_port, second.ami_port})
+    assert first.run_dir != second.run_dir
+    old_pid = first.pid
+    first.kill9()
+    assert not first.is_running() and first.pid is None
+    assert second.is_running()
+    assert "Asterisk" in second.cli("core show version")
+    first.start()
+    assert first.pid != old_pid and first.is_running()
+    assert "support has 0 calls" in first.cli("queue show support")
+    second.stop()
+    assert not second.is_running()
+    assert "Endpoint:  agent2" in first.cli("pjsip show endpoints")
+
+
+def run_cti(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "cti", *args], capture_output=True, text=True,
+                          timeout=90, check=False, cwd=ROOT, env=env)
+
+
+def test_cti_lab_command_starts_reports_and_stops(tmp_path: Path) -> None:
+    run_dir = tmp_path / "lab"
+    started = run_cti("lab", "start", "--run-dir", str(run_dir), "--agents", "2")
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "AMI URL : ami://cti:" in started.stdout
+        assert "agent   : agent2 / " in started.stdout
+        status = run_cti("lab", "status", "--run-dir", str(run_dir))
+        assert status.returncode == 0 and "running (pid" in status.stdout, status.stdout
+        again = run_cti("lab", "start", "--run-dir", str(run_dir))
+        assert again.returncode == 0 and "already running" in again.stdout
+    finally:
+        stopped = run_cti("lab", "stop", "--run-dir", str(run_dir))
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
+    pbx = LabPbx.from_state(run_dir)
+    assert pbx.pid is None and not pbx.is_running()
+    assert (run_dir / STATE_FILE).stat().st_mode & 0o077 == 0
+    status = run_cti("lab", "status", "--run-dir", str(run_dir))
+    assert status.returncode == 3 and "not running" in status.stdout

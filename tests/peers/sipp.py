@@ -239,11 +239,13 @@ def register_agent(
     hold: float | None = 0.5,
     timeout: float = 30.0,
     name: str | None = None,
+    password: str | None = None,
 ) -> SippProcess:
     """A started SIPp REGISTER for lab agent ``agent`` (digest auth).
 
     With ``hold`` seconds it unregisters after that time; with ``None`` it
     leaves the contact registered at ``local_port`` (for a UAS run later).
+    ``password`` overrides the agent's secret (to test a refused REGISTER).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     text = (SCENARIO_DIR / "register.xml").read_text(encoding="utf-8")
@@ -255,7 +257,7 @@ def register_agent(
     scenario = workdir / f"{label}.xml"
     scenario.write_text(text, encoding="utf-8")
     args = [sipp_target(pbx), "-sf", str(scenario), "-s", agent,
-            "-au", agent, "-ap", pbx.agents[agent],
+            "-au", agent, "-ap", pbx.agents[agent] if password is None else password,
             "-i", "127.0.0.1", "-p", str(local_port or free_port(host="127.0.0.1"))]
     proc = SippProcess(label, workdir, args, timeout)
     proc.start()

@@ -77,6 +77,7 @@ class ModemEmulator:
     ber: int = 99
     registration: int = 1
     operator: str = "EmuTel"
+    csms: int = 0  # power-on +CSMS service; 1 = phase 2+, +CMT/+CDS must be acknowledged
     ussd_replies: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     submits: list[ReceivedSubmit] = field(default_factory=list, init=False)
@@ -87,7 +88,7 @@ class ModemEmulator:
 
     def __post_init__(self) -> None:
         self._lock = threading.RLock()
-        self._settings = _Settings()
+        self._settings = _Settings(csms=self.csms)
         self._sim_state = "SIM PIN" if self.pin else "READY"
         self._pin_attempts = 3
         self._storage: dict[int, tuple[str, str, int]] = {}  # index -> (stat, pdu, length)
@@ -166,7 +167,7 @@ class ModemEmulator:
 
     def replug(self) -> None:
         def go() -> None:
-            self._settings = _Settings()
+            self._settings = _Settings(csms=self.csms)
             if self.pin:
                 self._sim_state = "SIM PIN"
             self._plug()
@@ -229,6 +230,8 @@ class ModemEmulator:
             for i, part in enumerate(parts)
         ]
         sequence = order if order is not None else list(range(len(pdus)))
+        if sorted(sequence) != list(range(len(pdus))):
+            raise ValueError(f"order {sequence} is not a permutation of {len(pdus)} parts")
         def go() -> None:
             for i in sequence:
                 if i not in drop:
@@ -412,7 +415,7 @@ class ModemEmulator:
         ubody = body.upper()
         if ubody in ("", "Z"):
             if ubody == "Z":
-                self._settings = _Settings(echo=self._settings.echo)
+                self._settings = _Settings(echo=self._settings.echo, csms=self.csms)
             self._final("OK")
         elif ubody in ("E0", "E1", "E"):
             self._settings.echo = ubody == "E1" or self.force_echo
@@ -636,7 +639,9 @@ class ModemEmulator:
             if index is not None:
                 self._urc(f'+CDSI: "SM",{index}')
 
-    _STATS: ClassVar[dict[str, int]] = {"REC UNREAD": 0, "REC READ": 1, "STO UNSENT": 2, "STO SENT": 3}
+    _STATS: ClassVar[dict[str, int]] = {
+        "REC UNREAD": 0, "REC READ": 1, "STO UNSENT": 2, "STO SENT": 3,
+    }
 
     def _cmgr(self, args: str | None) -> None:
         index = self._setting(args, range(1, STORAGE_SIZE + 1))

@@ -506,10 +506,12 @@ class SmppClient:
         if pdu.status in (P.ESME_RTHROTTLED, P.ESME_RMSGQFUL):
             self._throttled += 1
             self._ready.appendleft(job)
-            self._pause_until = time.monotonic() + self._throttle_backoff
-            self._throttle_backoff = min(
-                self._throttle_backoff * 2, self.config.throttle_backoff_max
-            )
+            now = time.monotonic()
+            if now >= self._pause_until:  # a new throttling episode, not its echo
+                self._pause_until = now + self._throttle_backoff
+                self._throttle_backoff = min(
+                    self._throttle_backoff * 2, self.config.throttle_backoff_max
+                )
             return
         self._throttle_backoff = self.config.throttle_backoff_min
         message = await self._outbox.get(job.key)

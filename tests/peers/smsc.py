@@ -40,6 +40,14 @@ class Smsc:
         self.smpp_port = free_port()
         self.http_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.record_path: Path | None = None
+
+    def recorded_submits(self) -> list[dict[str, Any]]:
+        """Every submit_sm accepted by every run of this SMSC (survives kills)."""
+        if self.record_path is None or not self.record_path.exists():
+            return []
+        lines = self.record_path.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
 
     @property
     def host(self) -> str:
@@ -58,6 +66,7 @@ class Smsc:
                 str(self.smpp_port),
                 "--http-port",
                 str(self.http_port),
+                *(["--record", str(self.record_path)] if self.record_path else []),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -114,8 +123,9 @@ class Smsc:
 
 
 @pytest.fixture
-def smsc() -> Iterator[Smsc]:
+def smsc(tmp_path: Path) -> Iterator[Smsc]:
     peer = Smsc()
+    peer.record_path = tmp_path / "smsc-submits.jsonl"
     peer.start()
     try:
         yield peer

@@ -1,7 +1,7 @@
 'use strict';
 // Test SMSC: node-smpp (npm "smpp" 0.5.1) in server mode, driven over a loopback HTTP API.
 //
-//   node smsc.js --smpp-port N --http-port M
+//   node smsc.js --smpp-port N --http-port M [--record FILE]
 //
 // Prints one JSON line {"ready":true,...} on stdout once both ports listen.
 // HTTP API (JSON bodies, 127.0.0.1 only):
@@ -23,6 +23,9 @@ function arg(name, fallback) {
 
 const smppPort = parseInt(arg('--smpp-port', '2775'), 10);
 const httpPort = parseInt(arg('--http-port', '0'), 10);
+// Every accepted submit_sm is appended here at once, so the record survives a kill.
+const recordPath = arg('--record', '');
+const fs = require('fs');
 
 const config = {
   bind_status: 0,
@@ -79,6 +82,7 @@ function record(pdu, messageId, session) {
     at: Date.now(),
   };
   state.submits.push(entry);
+  if (recordPath) fs.appendFileSync(recordPath, JSON.stringify(entry) + '\n');
   const total = udh ? udh.total : 1;
   const key = [entry.source, entry.destination, udh ? udh.ref : 'single:' + messageId, total].join('|');
   const msg = state.messages[key] || (state.messages[key] = {parts: {}, total: total, message_ids: {}});

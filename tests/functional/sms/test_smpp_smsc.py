@@ -24,9 +24,9 @@ CYRILLIC_200 = (
 
 
 async def wait_until(
-    condition: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition"
+    condition: Callable[[], Awaitable[bool]], limit: float = 30.0, what: str = "condition"
 ) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit
     while not await condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
@@ -104,3 +104,247 @@ async def test_cyrillic_200_chars_three_parts_reassembled_by_smsc(
 
 async def _status_is(h: Harness, key: str, status: str) -> bool:
     return await h.status_of(key) == status
+
+
+async def test_per_part_receipts_combine_into_one_delivered_status(
+    smsc: Smsc, harness_factory: Callable[..., Awaitable[Harness]]
+) -> None:
+    h = await harness_factory()
+    await h.client.send("dlr", "79001234567", CYRILLIC_200)
+    await wait_until(lambda: _status_is(h, "dlr", "submitted"), what="submitted")
+    ids = [s["message_id"] for s in (await smsc.state())["submits"]]
+    assert len(ids) == 3
+    # Three receipt styles: hex id in text with a 10-digit date, decimal id with a
+    # 12-digit date, and the receipted_message_id / message_state TLVs.
+    await smsc.acall("POST", "/dlr", {"message_id": ids[0], "stat": "DELIVRD"})
+    await smsc.acall(
+        "POST",
+        "/dlr",
+        {"message_id": ids[1], "stat": "DELIVRD", "id_format": "dec", "date_digits": 12},
+    )
+    await wait_until(lambda: _part_states_count(h, "dlr", 2), what="two part receipts")
+    assert await h.status_of("dlr") == "submitted"
+    await smsc.acall("POST", "/dlr", {"message_id": ids[2], "stat": "DELIVRD", "tlv": True})
+    await wait_until(lambda: _status_is(h, "dlr", "delivered"), what="delivered")
+    assert h.statuses == [("dlr", "submitted"), ("dlr", "delivered")]
+    # A receipt for an unknown id is counted and answered, nothing else changes.
+    await smsc.acall("POST", "/dlr", {"message_id": "DEADBEEF", "stat": "UNDELIV"})
+    await wait_until(
+        lambda: _true(h.client.health().unknown_receipts == 1), what="unknown receipt counted"
+    )
+    assert await h.status_of("dlr") == "delivered"
+
+
+async def test_failed_part_fails_the_message(
+    smsc: Smsc, harness_factory: Callable[..., Awaitable[Harness]]
+) -> None:
+    h = await harness_factory()
+    await h.client.send("f", "79001234567", "a" * 200)
+    await wait_until(lambda: _status_is(h, "f", "submitted"), what="submitted")
+    ids = [s["message_id"] for s in (await smsc.state())["submits"]]
+    assert len(ids) == 2
+    await smsc.acall("POST", "/dlr", {"message_id": ids[1], "stat": "UNDELIV"})
+    await wait_until(lambda: _status_is(h, "f", "failed"), what="failed")
+
+
+async def test_mo_parts_out_of_order_make_one_message(
+    smsc: Smsc, harness_factory: Callable[..., Awaitable[Harness]]
+) -> None:
+    h = await harness_factory()
+    await h.client.wait_bound()
+    text = CYRILLIC_200 + " 😀"
+    sent = await smsc.acall(
+        "POST",
+        "/mo",
+        {"source": "79005550000", "destination": "CTI", "text": text, "order": [3, 1, 4, 2]},
+    )
+    assert sent["sent"] == 4
+    await wait_until(lambda: _true(len(h.incoming) == 1), what="one MO message")
+    [message] = h.incoming
+    assert message.text == text
+    assert message.complete and message.parts_received == 4
+    assert message.source == "79005550000"
+    await wait_until(lambda: _deliver_resps(smsc, 4), what="deliver_sm_resp")
+    assert set((await smsc.state())["deliver_resps"]) == {0}
+
+
+async def test_mo_missing_part_delivered_incomplete_after_timeout(
+    smsc: Smsc, harness_factory: Callable[..., Awaitable[Harness]]
+) -> None:
+    h = await harness_factory(mo_timeout=1.0)
+    await h.client.wait_bound()
+    await smsc.acall(
+        "POST",
+        "/mo",
+        {"source": "79005550001", "destination": "CTI", "text": CYRILLIC_200, "order": [3, 1]},
+    )
+    await wait_until(lambda: _true(len(h.incoming) == 1), what="incomplete MO message")
+    [message] = h.incoming
+    assert not message.complete
+    assert (message.parts_expected, message.parts_received) == (3, 2)
+    assert message.text == CYRILLIC_200[:67] + CYRILLIC_200[134:]
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _part_states_count(h: Harness, key: str, n: int) -> bool:
+    message = await h.outbox.get(key)
+    assert message is not None
+    return sum(s is not None for s in message.part_states) == n
+
+
+async def _deliver_resps(smsc: Smsc, n: int) -> bool:
+    return len((await smsc.state())["deliver_resps"]) >= n
+
+
+def _count_texts(submits: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for s in submits:
+        counts[s["text"]] = counts.get(s["text"], 0) + 1
+    return counts
+
+
+async def test_smsc_killed_mid_burst_every_message_arrives_duplicates_bounded(
+    smsc: Smsc, harness_factory: Callable[..., Awaitable[Harness]]
+) -> None:
+    window = 10
+    await smsc.configure(resp_delay_ms=20)
+    h = await harness_factory(window=window)
+    await h.client.wait_bound()
+    texts = [f"burst message {i:03d}" for i in range(500)]
+    for i, text in enumerate(texts):
+        await h.client.send(f"b{i}", "79001234567", text)
+
+    await wait_until(
+        lambda: _true(len(smsc.recorded_submits()) >= 150), what="150 submits before the kill"
+    )
+    smsc.kill()
+    killed_at = len(smsc.recorded_submits())
+    assert killed_at < 500, "the burst finished before the kill: the test proves nothing"
+    await asyncio.sleep(0.3)
+    smsc.start()
+    await smsc.configure(resp_delay_ms=20)
+
+    async def all_submitted() -> bool:
+        return all(m.status == "submitted" for m in h.outbox.all())
+
+    await wait_until(all_submitted, limit=60, what="all 500 submitted")
+    counts = _count_texts(smsc.recorded_submits())
+    assert set(counts) == set(texts), "a message never reached the SMSC"
+    duplicates = sum(n - 1 for n in counts.values())
+    resent = h.client.health().resent_after_drop
+    print(f"killed at {killed_at}, resent {resent}, duplicates {duplicates}")
+    assert 1 <= resent <= window
+    assert duplicates <= resent
+    assert h.client.health().reconnects >= 1
+
+
+async def test_throttled_by_smsc_backs_off_and_drops_nothing(
+    smsc: Smsc, harness_factory: Callable[..., Awaitable[Harness]]
+) -> None:
+    await smsc.configure(throttle_tps=20)
+    h = await harness_factory(window=10)
+    texts = [f"throttle {i:02d}" for i in range(50)]
+    for i, text in enumerate(texts):
+        await h.client.send(f"t{i}", "79001234567", text)
+
+    async def all_submitted() -> bool:
+        return all(m.status == "submitted" for m in h.outbox.all())
+
+    await wait_until(all_submitted, limit=60, what="all throttled messages submitted")
+    state = await smsc.state()
+    assert state["throttled"] > 0
+    assert h.client.health().throttled == state["throttled"]
+    assert _count_texts(state["submits"]) == dict.fromkeys(texts, 1)
+
+
+async def test_tps_limit_paces_below_smsc_throttle(
+    smsc: Smsc, harness_factory: Callable[..., Awaitable[Harness]]
+) -> None:
+    await smsc.configure(throttle_tps=25)
+    h = await harness_factory(window=10, tps=20.0)
+    await h.client.wait_bound()
+    started = time.monotonic()
+    for i in range(41):
+        await h.client.send(f"p{i}", "79001234567", f"paced {i}")
+
+    async def all_submitted() -> bool:
+        return all(m.status == "submitted" for m in h.outbox.all())
+
+    await wait_until(all_submitted, limit=60, what="paced messages submitted")
+    assert time.monotonic() - started >= 1.9  # 41 sends 1/20 s apart span 2 s
+    assert (await smsc.state())["throttled"] == 0
+
+
+async def test_bind_refused_shows_in_health_and_retries_quietly(
+    smsc: Smsc,
+    harness_factory: Callable[..., Awaitable[Harness]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await smsc.configure(bind_status=0x0D)
+    caplog.set_level("DEBUG", logger="sms_gateway.esme")
+    h = await harness_factory(reconnect_min=0.05, reconnect_max=0.2)
+    await h.client.send("after", "79001234567", "sent once the bind works")
+    await wait_until(
+        lambda: _true(h.client.health().bind_failures >= 4), what="repeated bind refusals"
+    )
+    health = h.client.health()
+    assert health.state == "bind_refused"
+    assert "0x0000000d" in health.last_error
+    warnings = [
+        r for r in caplog.records if r.levelname == "WARNING" and "bind refused" in r.message
+    ]
+    assert len(warnings) == 1
+    assert all("secret" not in r.getMessage() for r in caplog.records)
+    assert "secret" not in repr(h.config)
+    await smsc.configure(bind_status=0)
+    await wait_until(lambda: _status_is(h, "after", "submitted"), what="submitted after bind")
+    assert h.client.health().state == "bound"
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        "00000000" + "00000004" + "00000000" + "00000001",  # command_length 0
+        "00a00000" + "00000005" + "00000000" + "00000001",  # 10 MB
+        "0000000a" + "00000005" + "0000",  # command_length 10 (< header)
+        "00000011" + "00000005" + "00000000" + "00000007" + "00",  # truncated deliver_sm
+    ],
+    ids=["length-0", "length-10MB", "length-10", "truncated-body"],
+)
+async def test_malformed_pdu_resets_and_reconnects(
+    smsc: Smsc, harness_factory: Callable[..., Awaitable[Harness]], garbage: str
+) -> None:
+    h = await harness_factory()
+    await h.client.wait_bound()
+    binds_before = (await smsc.state())["binds"]
+    await smsc.acall("POST", "/garbage", {"hex": garbage})
+    await wait_until(lambda: _binds_at_least(smsc, binds_before + 1), what="a new bind")
+    assert "link lost" in h.client.health().last_error or h.client.health().state == "bound"
+    await h.client.send("ok", "79001234567", "after the reset")
+    await wait_until(lambda: _status_is(h, "ok", "submitted"), what="submitted after reset")
+
+
+async def test_dead_link_detected_by_enquire_link(
+    smsc: Smsc,
+    harness_factory: Callable[..., Awaitable[Harness]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = await harness_factory(enquire_link_interval=0.3, response_timeout=1.0)
+    await h.client.wait_bound()
+    await smsc.configure(silent=True)
+    await wait_until(
+        lambda: _true(any("enquire_link unanswered" in r.getMessage() for r in caplog.records)),
+        what="enquire_link timeout",
+    )
+    assert h.client.health().state != "bound"
+    binds_before = (await smsc.state())["binds"]
+    await smsc.configure(silent=False)
+    await wait_until(lambda: _binds_at_least(smsc, binds_before + 1), what="rebind")
+    await wait_until(lambda: _true(h.client.health().state == "bound"), what="bound again")
+
+
+async def _binds_at_least(smsc: Smsc, n: int) -> bool:
+    return int((await smsc.state())["binds"]) >= n

@@ -1,0 +1,159 @@
+"""``cti phone``: the agent's softphone on the PC beside the desk.
+
+It registers the agent's endpoint, rings, optionally auto-answers, and shows
+each offered call's caller as a desktop notification (``notify-send`` when
+present, else a line on stdout).
+
+Seam for the desk link: everything the phone reports goes through a
+``PhoneEventSink``. Today the sinks are the notifier; a later WebSocket link
+to the CTI server will be one more sink, and will drive the phone through
+the same ``SoftPhone`` methods (answer / hangup / hold / send_dtmf).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import html
+import logging
+import os
+import shutil
+import signal
+import sys
+from typing import Protocol
+
+log = logging.getLogger("cti.softphone.cli")
+
+PASSWORD_ENV = "CTI_PHONE_PASSWORD"
+MAX_NOTIFY_CHARS = 200
+
+
+class PhoneEventSink(Protocol):
+    """Receives what the phone sees. Implemented by the notifier (and later the desk link)."""
+
+    async def offered(self, call: object) -> None: ...
+
+    async def state_changed(self, state: str) -> None: ...
+
+
+def _printable(text: str) -> str:
+    return "".join(ch if ch.isprintable() else "?" for ch in text)[:MAX_NOTIFY_CHARS]
+
+
+def notification_line(caller_name: str, caller_number: str) -> str:
+    """One safe line naming the caller (control characters replaced, length capped)."""
+    name, number = _printable(caller_name), _printable(caller_number)
+    if name and number:
+        return f"Incoming call: {name} <{number}>"
+    return f"Incoming call: {name or number or 'unknown caller'}"
+
+
+class DesktopNotifier:
+    """notify-send when available (body escaped: notification servers parse markup), else stdout."""
+
+    def __init__(self, use_notify_send: bool = True) -> None:
+        self._notify_send = shutil.which("notify-send") if use_notify_send else None
+
+    async def offered(self, call: object) -> None:
+        name = str(getattr(call, "caller_name", ""))
+        number = str(getattr(call, "caller_number", ""))
+        line = notification_line(name, number)
+        print(line, flush=True)
+        if self._notify_send is not None:
+            proc = await asyncio.create_subprocess_exec(
+                self._notify_send, "--app-name=cti phone", "Incoming call",
+                html.escape(line.removeprefix("Incoming call: ")),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await proc.wait()
+
+    async def state_changed(self, state: str) -> None:
+        print(f"Call state: {state}", flush=True)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", required=True, metavar="HOST:PORT",
+                        help="SIP registrar (the Asterisk PJSIP UDP transport)")
+    parser.add_argument("--user", required=True, help="agent endpoint, e.g. agent1")
+    parser.add_argument("--password", default=None,
+                        help=f"SIP password (prefer the {PASSWORD_ENV} environment variable)")
+    parser.add_argument("--display-name", default=None)
+    parser.add_argument("--auto-answer", action="store_true", help="answer offered calls at once")
+    parser.add_argument("--bind", default=None, metavar="ADDR",
+                        help="local address for SIP/RTP (default: loopback for a loopback server)")
+    parser.add_argument("--local-port", type=int, default=0, help="local SIP port (0: any)")
+    parser.add_argument("--no-notify-send", action="store_true",
+                        help="print notifications on stdout only")
+    parser.add_argument("--exit-after-calls", type=int, default=0, metavar="N",
+                        help=argparse.SUPPRESS)
+
+
+def _split_server(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--server must be HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+async def _serve(args: argparse.Namespace, password: str, sinks: list[PhoneEventSink]) -> int:
+    from cti.softphone.engine import shutdown_engine
+    from cti.softphone.phone import SoftPhone, SoftPhoneError
+
+    host, port = _split_server(args.server)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        phone = await SoftPhone.create(
+            username=args.user, password=password, host=host, port=port,
+            display_name=args.display_name, auto_answer=args.auto_answer,
+            bind_address=args.bind, local_port=args.local_port,
+        )
+    except (SoftPhoneError, ValueError) as exc:
+        print(f"cti phone: {exc}", file=sys.stderr)
+        await shutdown_engine()
+        return 2
+    print(f"Registered {args.user} at {host}:{port} (SIP port {phone.local_port})", flush=True)
+    handled = 0
+    try:
+        while not stop.is_set():
+            offer_task = asyncio.ensure_future(phone.wait_for_incoming(timeout=3600))
+            stop_task = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({offer_task, stop_task},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            for task in (offer_task, stop_task):
+                if task not in done:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, SoftPhoneError):
+                        await task
+            if offer_task not in done or offer_task.exception() is not None:
+                continue
+            offer = offer_task.result()
+            for sink in sinks:
+                await sink.offered(offer)
+            with contextlib.suppress(SoftPhoneError):
+                await phone.wait_state("connected" if args.auto_answer else "ringing", 10)
+            for sink in sinks:
+                await sink.state_changed(phone.state)
+            handled += 1
+            if args.exit_after_calls and handled >= args.exit_after_calls:
+                break
+    finally:
+        await phone.close()
+        await shutdown_engine()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    password = args.password if args.password is not None else os.environ.get(PASSWORD_ENV)
+    if not password:
+        print(f"cti phone: give --password or set {PASSWORD_ENV}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    sinks: list[PhoneEventSink] = [DesktopNotifier(not args.no_notify_send)]
+    return asyncio.run(_serve(args, password, sinks))

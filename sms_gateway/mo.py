@@ -2,7 +2,10 @@
 
 Theory of operation: each part is keyed by (source, destination, reference,
 total) taken from the concatenation UDH or the sar_* TLVs. Parts may arrive in
-any order; duplicates of a sequence number are ignored. When every part is
+any order; duplicates of a sequence number are ignored, also when they arrive
+after their message completed (an SMSC resends a deliver_sm whose response it
+missed): a completed message's parts are remembered for the timeout, and a part
+identical to one of them is dropped as the duplicate it is. When every part is
 there, the payloads are joined in sequence order *before* decoding (a UCS-2
 surrogate pair or a GSM escape may straddle two parts) and one message comes
 out. ``expire(now)`` hands out the messages whose first part is older than the
@@ -96,6 +99,7 @@ class MoReassembler:
         self._timeout = timeout
         self._max_pending = max_pending
         self._pending: dict[tuple[str, str, int, int], _Pending] = {}
+        self._completed: dict[tuple[str, str, int, int], _Pending] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -109,6 +113,9 @@ class MoReassembler:
         ref, total, seq = info
         key = (sm.source_addr, sm.destination_addr, ref, total)
         out: list[IncomingSms] = []
+        done = self._completed.get(key)
+        if done is not None and done.parts.get(seq) == payload and key not in self._pending:
+            return []
         pending = self._pending.get(key)
         if pending is None:
             if len(self._pending) >= self._max_pending:
@@ -121,11 +128,17 @@ class MoReassembler:
         return out
 
     def expire(self, now: float) -> list[IncomingSms]:
+        for k in [k for k, p in self._completed.items() if now - p.first_seen >= self._timeout]:
+            del self._completed[k]
         due = [k for k, p in self._pending.items() if now - p.first_seen >= self._timeout]
         return [self._emit(k) for k in due]
 
     def _emit(self, key: tuple[str, str, int, int]) -> IncomingSms:
         pending = self._pending.pop(key)
+        if len(pending.parts) == pending.total:
+            if len(self._completed) >= self._max_pending:
+                del self._completed[next(iter(self._completed))]
+            self._completed[key] = pending
         joined = b"".join(pending.parts[s] for s in sorted(pending.parts))
         return IncomingSms(
             source=key[0],

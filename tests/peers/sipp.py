@@ -89,17 +89,35 @@ def _check_caller(number: str, name: str) -> None:
 
 
 def _render_steps(steps: Sequence[Step]) -> str:
+    """Steps as scenario XML; every pause also accepts the PBX's BYE.
+
+    Theory of operation: SIPp aborts a call on a BYE that arrives during a
+    plain <pause>, so each pause is a <recv request="BYE"> with a timeout: on
+    timeout it continues at the next label, on a BYE it jumps to label 3, the
+    200 OK that ends the call normally.
+    """
     parts: list[str] = []
+    label = 100
+
+    def pause(seconds: float) -> None:
+        nonlocal label
+        ms = round(seconds * 1000)
+        if ms <= 0:
+            return
+        label += 1
+        parts.append(f'  <recv request="BYE" timeout="{ms}" ontimeout="{label}" next="3"/>')
+        parts.append(f'  <label id="{label}"/>')
+
     for step in steps:
         if isinstance(step, Pause):
-            parts.append(f'  <pause milliseconds="{max(0, round(step.seconds * 1000))}"/>')
+            pause(step.seconds)
             continue
         for digit in step.digits:
             if digit not in DTMF_PCAP_NAMES:
                 raise SippError(f"no RFC 2833 pcap for DTMF digit {digit!r}")
             pcap = DTMF_PCAP_DIR / DTMF_PCAP_NAMES[digit]
             parts.append(f'  <nop><action><exec play_pcap_audio="{pcap}"/></action></nop>')
-            parts.append(f'  <pause milliseconds="{max(0, round(step.gap * 1000))}"/>')
+            pause(step.gap)
     return "\n".join(parts)
 
 

@@ -83,7 +83,8 @@ class ModemEmulator:
     submits: list[ReceivedSubmit] = field(default_factory=list, init=False)
     commands: list[str] = field(default_factory=list, init=False)
     acks: int = field(default=0, init=False)
-    unplug_on_prompt: bool = field(default=False, init=False)
+    # unplug instead of sending the prompt of the N-th +CMGS from now (1 = the next one)
+    unplug_at_prompt: int | None = field(default=None, init=False)
     urc_in_next_response: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -173,6 +174,17 @@ class ModemEmulator:
             self._plug()
 
         self._call(go)
+
+    def unplug_at_prompt_number(self, n: int = 1) -> None:
+        """Unplug instead of sending the "> " prompt of the n-th +CMGS from now."""
+        with self._lock:
+            self.unplug_at_prompt = n
+
+    def inject_urc_in_next_response(self, line: str) -> None:
+        """Write `line` between the first information line and the final result code of
+        the next answer (what modems without URC buffering do)."""
+        with self._lock:
+            self.urc_in_next_response = line
 
     def fail_next(self, result: str = "ERROR", *, command: str | None = None) -> None:
         """Answer the next command (or the next one starting with `command`, e.g.
@@ -580,10 +592,12 @@ class ModemEmulator:
         self._pdu_length = length
 
         def prompt() -> None:
-            if self.unplug_on_prompt:
-                self.unplug_on_prompt = False
-                self._unplug()
-                return
+            if self.unplug_at_prompt is not None:
+                self.unplug_at_prompt -= 1
+                if self.unplug_at_prompt <= 0:
+                    self.unplug_at_prompt = None
+                    self._unplug()
+                    return
             if self._master is not None:
                 self._write("\r\n> ")
                 self._waiting_pdu = True

@@ -40,15 +40,24 @@ class EventLog:
             self._changed.set()
 
     async def wait_for(
-        self, kind: type[E], where: Callable[[E], bool] = lambda _: True, timeout: float = 20.0
+        self,
+        kind: type[E],
+        where: Callable[[E], bool] = lambda _: True,
+        *,
+        since: int = 0,
+        within: float = 20.0,
     ) -> E:
-        async with asyncio.timeout(timeout):
+        """The first event of `kind` matching `where` among events number `since` onwards."""
+        async with asyncio.timeout(within):
             while True:
-                for event in self.events:
+                for event in self.events[since:]:
                     if isinstance(event, kind) and where(event):
                         return event
                 self._changed.clear()
                 await self._changed.wait()
+
+    def mark(self) -> int:
+        return len(self.events)
 
     def of(self, kind: type[E]) -> list[E]:
         return [e for e in self.events if isinstance(e, kind)]
@@ -59,9 +68,10 @@ class EventLog:
             await self._task
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
+async def until(predicate: Callable[[], bool], within: float = 20.0) -> None:
+    """Poll state owned by the emulator's thread (it has no asyncio event to await)."""
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
 

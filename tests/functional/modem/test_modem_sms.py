@@ -46,7 +46,8 @@ async def test_receive_multipart_ucs2_out_of_order_via_cmti(online: Online) -> N
     emulator, _, log = online
     emulator.deliver_sms("+79160000001", CYRILLIC_200, order=[2, 0, 1])
     sms = await log.wait_for(SmsReceived)
-    assert (sms.sender, sms.text, sms.parts, sms.complete) == ("+79160000001", CYRILLIC_200, 3, True)
+    assert (sms.sender, sms.parts, sms.complete) == ("+79160000001", 3, True)
+    assert sms.text == CYRILLIC_200
     await until(lambda: not emulator.stored())  # read with +CMGR, then deleted with +CMGD
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -134,20 +136,22 @@ def test_cti_lab_command_starts_reports_and_stops(tmp_path: Path) -> None:
     assert status.returncode == 3 and "not running" in status.stdout
 
 
-async def collect_events(pbx: LabPbx, stop: asyncio.Event, sink: list[dict[str, str]]) -> None:
-    """Append every AMI event to ``sink`` until ``stop`` is set (bytes split first)."""
+async def collect_events(
+    pbx: LabPbx, sink: list[dict[str, str]], last: Callable[[dict[str, str]], bool]
+) -> None:
+    """Append every AMI event to ``sink`` until ``last(event)`` (bytes split first)."""
     reader, writer = await asyncio.open_connection(pbx.host, pbx.ami_port)
     try:
         await reader.readline()
         writer.write(f"Action: Login\r\nUsername: {pbx.ami_user}\r\n"
                      f"Secret: {pbx.ami_secret}\r\n\r\n".encode())
-        while not stop.is_set():
-            try:
-                block = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.5)
-            except TimeoutError:
-                continue
-            sink.append(dict(line.split(": ", 1) for line in block.decode().strip().split("\r\n")
-                             if ": " in line))
+        while True:
+            block = await reader.readuntil(b"\r\n\r\n")
+            event = dict(line.split(": ", 1) for line in block.decode().strip().split("\r\n")
+                         if ": " in line)
+            sink.append(event)
+            if last(event):
+                return
     finally:
         writer.close()
         await writer.wait_closed()
@@ -156,24 +160,23 @@ async def collect_events(pbx: LabPbx, stop: asyncio.Event, sink: list[dict[str, 
 async def test_sipp_caller_sends_rfc2833_dtmf_while_queued(
     lab_pbx: LabPbx, sipp_caller: SippFactory
 ) -> None:
+    number = "+74950000001"
     events: list[dict[str, str]] = []
-    stop = asyncio.Event()
-    collector = asyncio.create_task(collect_events(lab_pbx, stop, events))
+    collector = asyncio.create_task(collect_events(
+        lab_pbx, events,
+        lambda e: e.get("Event") == "Hangup" and e.get("CallerIDNum") == number))
     try:
-        caller = sipp_caller(number="200", caller_number="+74950000001", caller_name="Тест DTMF",
+        caller = sipp_caller(number="200", caller_number=number, caller_name="Тест DTMF",
                              steps=[Pause(2.5), Dtmf("1")], hangup_after=8.0)
         result = await caller.wait_async(60)
-        wait_ok = asyncio.get_running_loop().time() + 10
-        while asyncio.get_running_loop().time() < wait_ok and not any(
-            e.get("Event") == "Hangup" and e.get("CallerIDNum") == "+74950000001" for e in events
-        ):
-            await asyncio.sleep(0.1)
+        await asyncio.wait_for(asyncio.shield(collector), 15)
     finally:
-        stop.set()
-        await collector
+        collector.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await collector
     assert result.ok, result
     joins = [e for e in events if e.get("Event") == "QueueCallerJoin"
-             and e.get("CallerIDNum") == "+74950000001"]
+             and e.get("CallerIDNum") == number]
     assert [j["Queue"] for j in joins] == ["sales"]
     assert joins[0]["CallerIDName"] == "Тест DTMF"
     digits = [e["Digit"] for e in events if e.get("Event") == "DTMFEnd"

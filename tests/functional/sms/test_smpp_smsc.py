@@ -348,3 +348,70 @@ async def test_dead_link_detected_by_enquire_link(
 
 async def _binds_at_least(smsc: Smsc, n: int) -> bool:
     return int((await smsc.state())["binds"]) >= n
+
+
+async def test_message_payload_mode_and_16_bit_reference(
+    smsc: Smsc, harness_factory: Callable[..., Awaitable[Harness]]
+) -> None:
+    payload_h = await harness_factory(use_message_payload=True)
+    await payload_h.client.send("mp", "79001234567", CYRILLIC_200)
+    await wait_until(lambda: _status_is(payload_h, "mp", "submitted"), what="payload submitted")
+    [one] = (await smsc.state())["submits"]
+    assert one["udh"] is None and one["text"] == CYRILLIC_200 and one["data_coding"] == 8
+    await payload_h.client.stop()
+    await smsc.acall("POST", "/reset")
+
+    ref16_h = await harness_factory(ref16=True)
+    text = "{GSM} " * 40  # 320 septets with the escapes -> 3 parts
+    await ref16_h.client.send("r16", "79001234567", text)
+    await wait_until(lambda: _status_is(ref16_h, "r16", "submitted"), what="ref16 submitted")
+    state = await smsc.state()
+    assert [s["udh"]["bits"] for s in state["submits"]] == [16, 16, 16]
+    assert all(s["data_coding"] == 0 for s in state["submits"])
+    [message] = state["messages"].values()
+    assert message["complete"] and message["text"] == text
+
+
+async def test_restart_sends_only_parts_without_smsc_id(
+    smsc: Smsc, harness_factory: Callable[..., Awaitable[Harness]]
+) -> None:
+    # The outbox as a crash left it: part 1 acknowledged by the SMSC, parts 2-3 not.
+    h = Harness(smsc)
+    await h.outbox.add(
+        OutboundSms(
+            "crash",
+            "79001234567",
+            CYRILLIC_200,
+            "CTI",
+            smsc_ids=("ACKED1", None, None),
+            part_states=(None, None, None),
+        )
+    )
+    await h.client.start()
+    try:
+        await wait_until(lambda: _status_is(h, "crash", "submitted"), what="submitted")
+        submits = (await smsc.state())["submits"]
+        assert sorted(s["udh"]["seq"] for s in submits) == [2, 3]
+        again = await h.client.send("crash", "79001234567", CYRILLIC_200)
+        assert again.status == "submitted"
+        await asyncio.sleep(0.3)
+        assert len((await smsc.state())["submits"]) == 2
+    finally:
+        await h.client.stop()
+
+
+async def test_bad_input_is_refused_before_the_outbox(
+    smsc: Smsc, harness_factory: Callable[..., Awaitable[Harness]]
+) -> None:
+    from sms_gateway.encoding import EmptyMessageError, MessageTooLongError
+    from sms_gateway.esme import InvalidDestinationError
+
+    h = await harness_factory(max_parts=2)
+    with pytest.raises(MessageTooLongError) as err:
+        await h.client.send("long", "79001234567", "я" * 135)
+    assert err.value.max_parts == 2
+    with pytest.raises(EmptyMessageError):
+        await h.client.send("empty", "79001234567", "")
+    with pytest.raises(InvalidDestinationError):
+        await h.client.send("dest", "call me", "hi")
+    assert h.outbox.all() == []

@@ -367,19 +367,16 @@ class ConversationService:
                 return None
             async with self._sessions() as session:
                 agents = list(await session.scalars(select(Agent).where(Agent.available.is_(True))))
-                counts = dict(
-                    (
-                        await session.execute(
-                            select(Conversation.owner_id, func.count())
-                            .where(
-                                Conversation.status == "assigned",
-                                Conversation.channel != "voice",
-                                Conversation.owner_id.is_not(None),
-                            )
-                            .group_by(Conversation.owner_id)
-                        )
-                    ).tuples()
+                rows = await session.execute(
+                    select(Conversation.owner_id, func.count())
+                    .where(
+                        Conversation.status == "assigned",
+                        Conversation.channel != "voice",
+                        Conversation.owner_id.is_not(None),
+                    )
+                    .group_by(Conversation.owner_id)
                 )
+                counts: dict[int, int] = {int(owner): int(n) for owner, n in rows if owner}
             candidates = [
                 a
                 for a in agents

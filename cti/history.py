@@ -144,25 +144,17 @@ class HistoryWriter:
         self._task = None
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             first = await self._queue.get()
             self._inflight.append(first)
-            deadline = loop.time() + self._interval
+            # Sleep instead of awaiting get(): an entry must always be either in
+            # the queue or in _inflight, where pending_for() can see it.
+            await asyncio.sleep(self._interval)
             while len(self._inflight) < self._batch:
                 try:
                     self._inflight.append(self._queue.get_nowait())
-                    continue
                 except asyncio.QueueEmpty:
-                    pass
-                remaining = deadline - loop.time()
-                if remaining <= 0:
                     break
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
-                    break
-                self._inflight.append(item)
             await self._write_with_retry(list(self._inflight))
             count = len(self._inflight)
             self._inflight.clear()

@@ -36,12 +36,21 @@ class ScreenPop:
         self, conv: Conversation, interaction: dict[str, Any], owner_login: str | None = None
     ) -> dict[str, Any]:
         customer = await self._customers.get(conv.customer_id)
-        events, _ = await timeline(self._sessions, customer.id, limit=POP_HISTORY)
         async with self._sessions() as session:
             family = await merged_family(session, customer.id)
-        pending = [entry_json(e) for e in self._history.pending_for(family)]
-        pending.reverse()
-        history = (pending + [event_json(e) for e in events])[:POP_HISTORY]
+        # Snapshot the writer's backlog BEFORE reading the table: an entry written
+        # in between then shows up twice (dropped below) rather than not at all.
+        backlog = self._history.pending_for(family)
+        events, _ = await timeline(self._sessions, customer.id, limit=POP_HISTORY)
+        stored = [event_json(e) for e in events]
+        written = {(e["kind"], e["conversation_id"], e["occurred_at"]) for e in stored}
+        pending = [
+            entry_json(e)
+            for e in backlog
+            if (e.kind, e.conversation_id, e.occurred_at.isoformat()) not in written
+        ]
+        merged = sorted(pending + stored, key=lambda e: str(e["occurred_at"]), reverse=True)
+        history = merged[:POP_HISTORY]
         return {
             "channel": conv.channel,
             "customer": await self._customers.card(customer),

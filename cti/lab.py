@@ -312,14 +312,17 @@ class LabPbx:
         binary = self.asterisk_binary or find_asterisk()
         self.render()
         with self.console_log.open("ab") as console:
-            self._process = subprocess.Popen(
-                [binary, "-C", str(self.config_file), "-f", "-n"],
-                stdin=subprocess.DEVNULL,
-                stdout=console,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=self.run_dir,
-            )
+            try:
+                self._process = subprocess.Popen(
+                    [binary, "-C", str(self.config_file), "-f", "-n"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=console,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    cwd=self.run_dir,
+                )
+            except OSError as exc:
+                raise LabPbxError(f"cannot run {binary}: {exc}") from exc
         self.pid = self._process.pid
         booted = False
         try:
@@ -428,12 +431,15 @@ class LabPbx:
     def cli(self, command: str, timeout: float = 30.0) -> str:
         """Run one CLI command through the control socket (``asterisk -rx``)."""
         binary = self.asterisk_binary or find_asterisk()
-        result = subprocess.run(
-            [binary, "-C", str(self.config_file), "-rx", command],
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-        )
+        try:
+            result = subprocess.run(
+                [binary, "-C", str(self.config_file), "-rx", command],
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise LabPbxError(f"asterisk -rx {command!r}: {exc}") from exc
         if result.returncode != 0:
             raise LabPbxError(
                 f"asterisk -rx {command!r} failed (rc {result.returncode}): "
@@ -609,3 +615,14 @@ def _cmd_status(run_dir: Path) -> int:
     print(f"lab PBX running (pid {pbx.pid})")
     _print_summary(pbx)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m cti.lab start|stop|status`` (the same as ``cti lab``)."""
+    parser = argparse.ArgumentParser(prog="cti lab", description=__doc__)
+    configure(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

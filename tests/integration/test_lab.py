@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cti.lab import STATE_FILE, LabPbx
+from cti.lab import STATE_FILE, LabPbx, LabPbxError, render_templates
 from tests.peers.asterisk import LabPbxFactory
 from tests.peers.sipp import Dtmf, Pause, SippFactory, register_agent, wait_until
 
@@ -182,3 +182,27 @@ async def test_sipp_caller_sends_rfc2833_dtmf_while_queued(
     digits = [e["Digit"] for e in events if e.get("Event") == "DTMFEnd"
               and e.get("Uniqueid") == joins[0]["Uniqueid"] and e.get("Direction") == "Received"]
     assert digits == ["1"], events
+
+
+def test_templates_render_strictly_and_keep_asterisk_variables(tmp_path: Path) -> None:
+    pbx = LabPbx(tmp_path / "lab", agents=2)
+    params = pbx.template_params()
+    written = render_templates(params, tmp_path / "etc")
+    names = {p.name for p in written}
+    assert {"asterisk.conf", "pjsip.conf", "queues.conf", "manager.conf", "extensions.conf",
+            "extensions_ivr.conf", "modules.conf", "rtp.conf", "logger.conf"} <= names
+    extensions = (tmp_path / "etc" / "extensions.conf").read_text()
+    assert "Dial(PJSIP/${EXTEN}@carrier,60)" in extensions
+    assert "exten => 1002,1,Dial(PJSIP/agent2,30)" in extensions
+    manager = (tmp_path / "etc" / "manager.conf").read_text()
+    assert "eventfilter = !Event: VarSet" in manager and f"secret = {pbx.ami_secret}" in manager
+    del params["agi_port"]
+    with pytest.raises(LabPbxError, match="agi_port"):
+        render_templates(params, tmp_path / "etc2")
+
+
+def test_a_missing_asterisk_binary_is_named_in_the_error(tmp_path: Path) -> None:
+    pbx = LabPbx(tmp_path / "lab", asterisk_binary=str(tmp_path / "no-such-asterisk"))
+    with pytest.raises(LabPbxError, match="no-such-asterisk"):
+        pbx.start()
+    assert pbx.pid is None

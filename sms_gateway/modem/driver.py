@@ -306,7 +306,8 @@ class GsmModem:
                 if self._final is not None and not self._final.done():
                     self._final.set_exception(ModemProtocolError(event.reason))
             elif isinstance(event, Unexpected):
-                log.debug("modem %s: unexpected line %r", self.config.name, event.line[:80])
+                line = "<redacted>" if "CPIN" in event.line.upper() else event.line[:80]
+                log.debug("modem %s: unexpected line %r", self.config.name, line)
 
     def _on_lost(self, exc: Exception | None) -> None:
         log.warning("modem %s: port lost: %s", self.config.name, exc or "EOF")
@@ -433,6 +434,9 @@ class GsmModem:
             except ModemTimeout:
                 if attempt == 2:
                     raise
+        # ATZ restores the stored profile, which usually turns echo back on: the parser
+        # drops echoed lines, so the answer to ATE0 is read correctly either way.
+        await self._command("ATZ")
         await self._command("ATE0")
         await self._command("AT+CMEE=1")
         await self._unlock_sim()

@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
+from sms_gateway.encoding import EmptyMessageError, MessageTooLongError
 from sms_gateway.modem.driver import GsmModem
+from sms_gateway.modem.errors import TpduError
 from sms_gateway.modem.events import DeliveryReport, IncomingCall, SmsReceived
 from tests.modem_emulator import ModemEmulator
 
@@ -117,3 +121,18 @@ async def test_ussd_plain_gsm_answer(online: Online) -> None:
     emulator.ussd_replies["*102#"] = ("Your number is +79161234567", 15)
     answer = await modem.ussd("*102#")
     assert answer.text == "Your number is +79161234567"
+
+
+async def test_bad_input_is_refused_before_the_outbox(online: Online) -> None:
+    emulator, modem, _ = online
+    with pytest.raises(EmptyMessageError):
+        await modem.send("+79161234567", "")
+    with pytest.raises(TpduError):
+        await modem.send("call me maybe", "hi")
+    with pytest.raises(MessageTooLongError):
+        await modem.send("+79161234567", "я" * (67 * 10 + 1))
+    with pytest.raises(ValueError):
+        await modem.ussd('*100#",1;ATD+1')
+    assert modem.health().outbox == 0
+    await modem.send("+79161234567", "я" * (67 * 10))  # exactly the configured 10 parts
+    assert len(emulator.submits) == 10

@@ -104,6 +104,7 @@ class _LinkProtocol(AMIProtocol):  # type: ignore[misc]
         self.link = link
         self.parser = AmiParser(link.settings.limits)
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.reason = "the AMI connection was closed"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -117,7 +118,11 @@ class _LinkProtocol(AMIProtocol):  # type: ignore[misc]
             while (msg := self.parser.next_message()) is not None:
                 self._dispatch(msg)
         except AmiFramingError as exc:
-            self.link._note_error(f"protocol error, resetting the connection: {exc}")
+            self.abort(f"protocol error, connection reset: {exc}")
+
+    def abort(self, reason: str) -> None:
+        if not self.closed:
+            self.reason = reason
             self.transport.abort()
 
     def _dispatch(self, msg: AmiMessage) -> None:
@@ -275,9 +280,16 @@ class AmiLink:
             except AmiAuthError as exc:
                 self._note_error(str(exc))
                 delay = self.settings.auth_retry
-            except (OSError, TimeoutError, _LinkDown, UnknownOutcome, AmiFramingError,
+            except _LinkDown as exc:
+                self._note_error(str(exc))
+            except (OSError, TimeoutError, UnknownOutcome, PbxUnavailable, AmiFramingError,
                     act.AmiActionError, ev.EventError) as exc:
-                self._note_error(f"{type(exc).__name__}: {exc}")
+                protocol = self._protocol
+                if protocol is not None and protocol.closed and isinstance(
+                        exc, UnknownOutcome | PbxUnavailable):
+                    self._note_error(protocol.reason)
+                else:
+                    self._note_error(f"{type(exc).__name__}: {exc}")
             except Exception as exc:  # a bug in one session must not end the link for good
                 log.exception("AMI %s: unexpected error, reconnecting", self.name)
                 self._note_error(f"internal error: {type(exc).__name__}")
@@ -312,6 +324,8 @@ class AmiLink:
         assert isinstance(protocol, _LinkProtocol)
         self._protocol = protocol
         self._manager.protocol = protocol
+        # Events may arrive in the same read as the login response: mark before.
+        self.tracker.begin_resync()
         self._manager.responses = protocol.responses
         response = await self._send(act.login(self.endpoint), s.login_timeout)
         if (response.response or "").lower() != "success":
@@ -328,7 +342,7 @@ class AmiLink:
             self._ready.set()
             log.info("AMI %s up (%s)", self.name, self.endpoint)
             await asyncio.shield(protocol.lost)
-            raise _LinkDown("the AMI connection was closed")
+            raise _LinkDown(protocol.reason)
         finally:
             pinger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -341,14 +355,11 @@ class AmiLink:
             try:
                 await self._send({"Action": "Ping"}, s.ping_timeout)
             except UnknownOutcome:
-                if not protocol.closed:
-                    self._note_error(f"no Pong within {s.ping_timeout:g} s: link half-open")
-                    protocol.transport.abort()
+                protocol.abort(f"no Pong within {s.ping_timeout:g} s: link half-open, reset")
                 return
 
     async def _resync(self, protocol: _LinkProtocol) -> bool:
         s = self.settings
-        self.tracker.begin_resync()
         status = act.check_response(
             "CoreStatus", await self._send({"Action": "CoreStatus"}, s.resync_timeout))
         core = ev.decode_as(ev.CoreStatus, status)
@@ -418,8 +429,13 @@ class AmiLink:
         msg: AmiMessage = result.ami
         return msg
 
+    def _need_up(self) -> None:
+        if not self._ready.is_set():
+            raise PbxUnavailable(f"AMI link {self.name} is down: {self._detail}")
+
     async def action(self, action: act.Action, limit: float | None = None) -> AmiMessage:
         """Send one action; a non-success response raises :class:`AmiActionError`."""
+        self._need_up()
         return act.check_response(str(action["Action"]), await self._send(action, limit))
 
     async def originate(
@@ -433,6 +449,7 @@ class AmiLink:
         the agent did not answer, :class:`UnknownOutcome` when the link dropped
         (the call may exist: look for ``channel_id``), and never sends twice.
         """
+        self._need_up()
         correlation_id = correlation_id or act.new_correlation_id()
         if correlation_id in self._correlations:
             raise DuplicateAction(f"Originate {correlation_id} was already sent")

@@ -57,7 +57,7 @@ def test_lab_pbx_boots_with_the_rendered_configuration(lab_pbx: LabPbx) -> None:
     assert "write perm: call,agent,user,reporting,originate" in user
     dialplan = lab_pbx.cli("dialplan show cti-inbound")
     assert f"agi://{lab_pbx.agi_host}:{lab_pbx.agi_port}/inbound" in dialplan
-    assert 'Queue(${CTI_QUEUE})' in dialplan
+    assert "Queue(${CTI_QUEUE}" in dialplan
     assert f"sip:{lab_pbx.carrier_host}:{lab_pbx.carrier_port}" in lab_pbx.cli(
         "pjsip show aor carrier")
     assert lab_pbx.ami_url == (

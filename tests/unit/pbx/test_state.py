@@ -254,3 +254,25 @@ def test_device_of() -> None:
     assert device_of("PJSIP/agent1-0000002a") == "PJSIP/agent1"
     assert device_of("PJSIP/my-phone") == "PJSIP/my-phone"
     assert device_of("Local/100@agents-00000001;1") == "Local/100@agents-00000001;1"
+
+
+def test_recorded_lab_transcript_replays_to_a_consistent_state() -> None:
+    data = (FIXTURE.parent / "lab_queue_calls.txt").read_bytes()
+    tracker = PbxTracker("lab")
+    changes = _replay(tracker, data)
+    started = [c for c in changes if isinstance(c, ch.CallStarted)]
+    assert {c.caller_name for c in started} == {"Иван Петров", "Мария", "Abandoner"}
+    answered = [c for c in changes if isinstance(c, ch.CallAnswered)]
+    assert sorted(a.agent_interface for a in answered) == ["PJSIP/agent1", "PJSIP/agent2"]
+    assert all(a.queue == "support" and a.ring > 1.0 for a in answered)
+    (abandoned,) = [c for c in changes if isinstance(c, ch.CallAbandoned)]
+    ended = {c.call_id: c for c in changes if isinstance(c, ch.CallEnded)}
+    assert set(ended) == {c.call_id for c in started}
+    assert all(e.reason == "hangup" for e in ended.values())
+    assert ended[abandoned.call_id].agent_interface is None
+    assert ended[abandoned.call_id].durations.wait > 0
+    for a in answered:
+        assert ended[a.call_id].durations.talk > 2.0
+    assert tracker.calls == {}
+    q = tracker.queue_snapshot("support", 0.0)
+    assert q is not None and q.waiting == () and q.completed == 2 and q.abandoned == 1

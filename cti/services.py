@@ -75,12 +75,35 @@ class Services:
         )
         self.links = LinkRegistry()
         self.links.register("database", self._database_probe)
+        for pbx in settings.ami:
+            self.links.register(f"pbx:{pbx.name}", self._pbx_probe(pbx.name, pbx.host, pbx.port))
+        for smpp in settings.smpp:
+            self.links.register(f"smpp:{smpp.name}", self._unwired_probe("sms_gateway"))
         self.redis: Any = None
 
     async def _database_probe(self) -> dict[str, Any]:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
         return {"kind": "database", "up": True, "backend": self.engine.dialect.name}
+
+    def _pbx_probe(self, name: str, host: str, port: int) -> LinkProbe:
+        """State from the PbxLinkChanged changes fed to ``calls.handle``."""
+
+        async def probe() -> dict[str, Any]:
+            state = self.calls.link_state.get(name)
+            info: dict[str, Any] = {"kind": "pbx", "server": f"{host}:{port}"}
+            if state is None:
+                return {**info, "up": False, "detail": "no link state reported yet"}
+            return {**info, "up": state.up, "detail": state.detail, "since": state.at}
+
+        return probe
+
+    @staticmethod
+    def _unwired_probe(kind: str) -> LinkProbe:
+        async def probe() -> dict[str, Any]:
+            return {"kind": kind, "up": False, "detail": "configured, not connected"}
+
+        return probe
 
     async def start(self) -> None:
         await migrate(self.engine)

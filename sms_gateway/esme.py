@@ -231,6 +231,14 @@ class SmppClient:
             unknown_receipts=self._unknown_receipts,
         )
 
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def available(self) -> bool:
+        return self._state == "bound"
+
     async def wait_bound(self) -> None:
         await self._bound.wait()
 
@@ -253,6 +261,7 @@ class SmppClient:
             destination=destination,
             text=text,
             source=source if source is not None else self.config.source_addr,
+            gateway=self.config.name,
             smsc_ids=(None,) * len(parts),
             part_states=(None,) * len(parts),
         )
@@ -263,7 +272,7 @@ class SmppClient:
 
     async def start(self) -> None:
         """Load unfinished messages from the outbox and start the link task."""
-        for message in await self._outbox.unfinished():
+        for message in await self._outbox.unfinished(self.config.name):
             self._enqueue(message)
         self._task = asyncio.create_task(self.run(), name=f"smpp-{self.config.name}")
 

@@ -26,6 +26,7 @@ class OutboundSms:
     text: str
     source: str = ""
     status: MessageStatus = "queued"
+    gateway: str = ""
     # One entry per part, filled when the split is known (at enqueue).
     smsc_ids: tuple[str | None, ...] = ()
     part_states: tuple[PartState | None, ...] = ()
@@ -57,8 +58,9 @@ class OutboxStore(Protocol):
         """Replace the stored message with the same key."""
         ...
 
-    async def unfinished(self) -> list[OutboundSms]:
-        """Messages still "queued" (some parts may already have an SMSC id), oldest first."""
+    async def unfinished(self, gateway: str) -> list[OutboundSms]:
+        """Messages of ``gateway`` still "queued" (some parts may already have an SMSC id),
+        oldest first."""
         ...
 
     async def find_by_smsc_id(self, smsc_id: str) -> tuple[OutboundSms, int] | None:
@@ -92,8 +94,8 @@ class InMemoryOutbox:
             if smsc_id is not None:
                 self._by_smsc_id[normalize_id(smsc_id)] = (message.key, index)
 
-    async def unfinished(self) -> list[OutboundSms]:
-        return [m for m in self._messages.values() if m.status == "queued"]
+    async def unfinished(self, gateway: str) -> list[OutboundSms]:
+        return [m for m in self._messages.values() if m.status == "queued" and m.gateway == gateway]
 
     async def find_by_smsc_id(self, smsc_id: str) -> tuple[OutboundSms, int] | None:
         found = self._by_smsc_id.get(normalize_id(smsc_id))

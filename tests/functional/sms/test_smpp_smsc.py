@@ -383,6 +383,7 @@ async def test_restart_sends_only_parts_without_smsc_id(
             "79001234567",
             CYRILLIC_200,
             "CTI",
+            gateway="smpp",
             smsc_ids=("ACKED1", None, None),
             part_states=(None, None, None),
         )
@@ -415,3 +416,60 @@ async def test_bad_input_is_refused_before_the_outbox(
     with pytest.raises(InvalidDestinationError):
         await h.client.send("dest", "call me", "hi")
     assert h.outbox.all() == []
+
+
+async def test_routing_by_prefix_and_sender_with_failover(smsc: Smsc) -> None:
+    from sms_gateway.routing import NoRouteError, Route, SmsGateway, SmsRouter
+
+    second = Smsc()
+    second.start()
+    outbox = InMemoryOutbox()  # one outbox shared by both links, as in the database
+    fast = dict(reconnect_min=0.05, reconnect_max=0.3, response_timeout=3.0)
+    ru = SmppClient(SmppConfig.from_url(smsc.url(), name="ru", **fast), outbox)
+    uk = SmppClient(SmppConfig.from_url(second.url(), name="uk", **fast), outbox)
+    gateways: dict[str, SmsGateway] = {"ru": ru, "uk": uk}
+    router = SmsRouter(
+        gateways,
+        [
+            Route("ru", prefixes=("7",)),
+            Route("uk", prefixes=("44",)),
+            Route("uk", senders=("BANK",)),
+            Route("uk"),  # default and failover
+        ],
+    )
+    try:
+        await ru.start()
+        await uk.start()
+        await ru.wait_bound()
+        await uk.wait_bound()
+        assert router.candidates("+79001234567") == ["ru", "uk"]
+        assert router.candidates("447700900123") == ["uk"]
+        assert router.candidates("79001234567", "BANK") == ["uk", "ru"]
+        await router.send("r1", "+79001234567", "to Russia")
+        await router.send("r2", "447700900123", "to the UK")
+        await router.send("r3", "79001234567", "from the bank", "BANK")
+
+        async def submitted(*keys: str) -> bool:
+            for key in keys:
+                message = await outbox.get(key)
+                if message is None or message.status != "submitted":
+                    return False
+            return True
+
+        await wait_until(lambda: submitted("r1", "r2", "r3"), what="routed messages")
+        assert [s["text"] for s in (await smsc.state())["submits"]] == ["to Russia"]
+        assert sorted(s["text"] for s in (await second.state())["submits"]) == [
+            "from the bank",
+            "to the UK",
+        ]
+        smsc.kill()
+        await wait_until(lambda: _true(not ru.available), what="ru link down")
+        await router.send("r4", "79001234567", "failover")
+        await wait_until(lambda: submitted("r4"), what="failover message")
+        assert "failover" in [s["text"] for s in (await second.state())["submits"]]
+        with pytest.raises(NoRouteError):
+            SmsRouter(gateways, [Route("ru", prefixes=("7",))]).choose("15551234567")
+    finally:
+        await ru.stop()
+        await uk.stop()
+        second.kill()

@@ -165,7 +165,8 @@ async def test_outbox_idempotency_and_lookup() -> None:
     found = await box.find_by_smsc_id("ff")
     assert found is not None and found[1] == 1
     assert await box.find_by_smsc_id("fe") is None
-    assert [m.key for m in await box.unfinished()] == ["k"]
+    assert [m.key for m in await box.unfinished("")] == ["k"]
+    assert await box.unfinished("other") == []
     with pytest.raises(KeyError):
         await box.update(OutboundSms("missing", "1", "x"))
 

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 LinkState = Literal["stopped", "connecting", "binding", "bound", "bind_refused", "down"]
 READ_CHUNK: Final = 65536
 MAX_DESTINATION: Final = 20
+MO_RETRY_INTERVAL: Final = 5.0
 
 
 class InvalidDestinationError(ValueError):
@@ -207,6 +208,8 @@ class SmppClient:
         self._throttle_backoff = config.throttle_backoff_min
         self._last_send = 0.0
         self._mo = MoReassembler(config.mo_timeout)
+        self._undelivered: list[IncomingSms] = []
+        self._next_mo_retry = 0.0
         self._writer: asyncio.StreamWriter | None = None
         self._pending_resp: dict[int, asyncio.Future[P.Pdu]] = {}
         self._last_rx = 0.0
@@ -550,10 +553,17 @@ class SmppClient:
         if sm.esm_class & P.ESM_CLASS_TYPE_MASK == P.ESM_CLASS_DELIVERY_RECEIPT:
             await self._on_receipt(sm)
             return P.ESME_ROK
+        # Handler failure: a single-part message is refused with ESME_RX_T_APPN so the
+        # SMSC redelivers it; a reassembled one exists only here, so it is kept and
+        # retried by the watchdog (the SMSC already has our response to its parts).
+        status = P.ESME_ROK
         for message in self._mo.add(sm, time.monotonic()):
             if not await self._deliver_incoming(message):
-                return P.ESME_RX_T_APPN
-        return P.ESME_ROK
+                if message.parts_expected == 1:
+                    status = P.ESME_RX_T_APPN
+                else:
+                    self._undelivered.append(message)
+        return status
 
     async def _deliver_incoming(self, message: IncomingSms) -> bool:
         if self._on_incoming is None:
@@ -599,8 +609,13 @@ class SmppClient:
             while True:
                 await asyncio.sleep(tick)
                 now = time.monotonic()
-                for incoming in self._mo.expire(now):
-                    await self._deliver_incoming(incoming)
+                retry: list[IncomingSms] = []
+                if self._undelivered and now >= self._next_mo_retry:
+                    retry, self._undelivered = self._undelivered, []
+                    self._next_mo_retry = now + MO_RETRY_INTERVAL
+                for incoming in retry + self._mo.expire(now):
+                    if not await self._deliver_incoming(incoming):
+                        self._undelivered.append(incoming)
                 oldest = min((sent for _, sent in self._inflight.values()), default=now)
                 if now - oldest > self.config.response_timeout:
                     raise _SessionEnded("submit_sm unanswered")

@@ -473,3 +473,30 @@ async def test_routing_by_prefix_and_sender_with_failover(smsc: Smsc) -> None:
         await ru.stop()
         await uk.stop()
         second.kill()
+
+
+async def test_mo_handler_failure_loses_nothing(
+    smsc: Smsc, harness_factory: Callable[..., Awaitable[Harness]]
+) -> None:
+    h = await harness_factory()
+    failures = {"left": 2}
+    delivered: list[IncomingSms] = []
+
+    async def flaky(message: IncomingSms) -> None:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise RuntimeError("database unavailable")
+        delivered.append(message)
+
+    h.client._on_incoming = flaky
+    await h.client.wait_bound()
+    await smsc.acall("POST", "/mo", {"source": "7900555", "destination": "CTI", "text": "один"})
+    await wait_until(lambda: _deliver_resps(smsc, 1), what="single-part deliver_sm_resp")
+    assert (await smsc.state())["deliver_resps"] == [0x64]  # ESME_RX_T_APPN: SMSC retries
+    await smsc.acall(
+        "POST",
+        "/mo",
+        {"source": "7900555", "destination": "CTI", "text": CYRILLIC_200, "order": [2, 3, 1]},
+    )
+    await wait_until(lambda: _true(len(delivered) == 1), what="multipart delivered on retry")
+    assert delivered[0].text == CYRILLIC_200 and delivered[0].complete

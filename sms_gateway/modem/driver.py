@@ -80,6 +80,7 @@ REGISTRATION = {
 MAX_TRACKED_REFERENCES = 1024
 MAX_USSD_CODE = 32
 EVENT_QUEUE_LIMIT = 10_000
+MAX_ORPHAN_REPORTS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +104,7 @@ class ModemConfig:
     send_attempts: int = 3
     retry_backoff: float = 1.0
     sim_ready_timeout: float = 15.0
+    orphan_report_wait: float = 5.0
 
 
 class SendFailed(ModemError):
@@ -205,6 +207,8 @@ class GsmModem:
         self._needs_ack = False
         self._pin_refused = False
         self._ussd: asyncio.Future[UssdReceived] | None = None
+        self._ussd_lock = asyncio.Lock()
+        self._orphan_reports: OrderedDict[int, tuple[float, StatusReport]] = OrderedDict()
         self._call_until = 0.0
         self._call_reported = True
         self._health = ModemHealth(modem=config.name, up=False, sim="unknown")
@@ -224,6 +228,10 @@ class GsmModem:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._drop_port(None)
+        while self._outbox:
+            item = self._outbox.popleft()
+            if not item.future.done():
+                item.future.set_exception(ModemDisconnected("modem driver closed"))
 
     def health(self) -> ModemHealth:
         return replace(self._health, outbox=len(self._outbox))
@@ -264,15 +272,18 @@ class GsmModem:
         """Send a USSD request (e.g. "*100#") and wait for the network's +CUSD answer."""
         if not code or len(code) > MAX_USSD_CODE or not all(c in "0123456789*#+" for c in code):
             raise ValueError(f"invalid USSD code {code!r}")
-        loop = asyncio.get_running_loop()
-        self._ussd = loop.create_future()
-        try:
-            await self._command(f'AT+CUSD=1,"{code}",15')
-            return await asyncio.wait_for(asyncio.shield(self._ussd), self.config.ussd_timeout)
-        except TimeoutError:
-            raise ModemTimeout(f"no USSD answer to {code} in {self.config.ussd_timeout}s") from None
-        finally:
-            self._ussd = None
+        async with self._ussd_lock:  # one USSD session at a time
+            loop = asyncio.get_running_loop()
+            self._ussd = answer = loop.create_future()
+            try:
+                await self._command(f'AT+CUSD=1,"{code}",15')
+                return await asyncio.wait_for(answer, self.config.ussd_timeout)
+            except TimeoutError:
+                raise ModemTimeout(
+                    f"no USSD answer to {code} in {self.config.ussd_timeout}s"
+                ) from None
+            finally:
+                self._ussd = None
 
     # -- port and commands ------------------------------------------------------------
 
@@ -398,8 +409,10 @@ class GsmModem:
             raise _error_from(command, result.result)
         for line in result.lines:
             if line.upper().startswith("+CMGS:"):
-                return int(line.partition(":")[2].split(",")[0])
-        raise ModemProtocolError(f"{command}: OK without +CMGS: <mr>")
+                reference = _fields(line.partition(":")[2])[0]
+                if reference.isdigit():
+                    return int(reference) & 0xFF
+        raise ModemProtocolError(f"{command}: OK without a valid +CMGS: <mr>")
 
     # -- supervisor: connect, init, reconnect --------------------------------------------
 
@@ -507,13 +520,13 @@ class GsmModem:
         rssi: int | None = None
         for line in lines:
             if line.upper().startswith("+CSQ:"):
-                value = int(_fields(line.partition(":")[2])[0])
-                rssi = None if value == 99 else value
+                value = _fields(line.partition(":")[2])[0]
+                rssi = int(value) if value.isdigit() and int(value) <= 31 else None
         registration = self._health.registration
         for line in await self._command("AT+CREG?"):
             if line.upper().startswith("+CREG:"):
                 values = _fields(line.partition(":")[2])
-                if len(values) >= 2 and values[1].isdigit():
+                if len(values) >= 2 and values[1].isdigit() and len(values[1]) < 4:
                     registration = REGISTRATION.get(int(values[1]), values[1])
         operator: str | None = None
         with contextlib.suppress(CommandError):
@@ -548,6 +561,7 @@ class GsmModem:
             await asyncio.sleep(0.5)
             for assembled in self._reassembler.expire(loop.time()):
                 self._emit_sms(assembled)
+            self._expire_orphans(loop.time())
             if not self._call_reported and loop.time() >= self._call_until - 7.0:
                 self._report_call(None)
             if loop.time() >= next_health and self._online.is_set():
@@ -601,6 +615,9 @@ class GsmModem:
         self._tracked[reference] = (tracked, part)
         while len(self._tracked) > MAX_TRACKED_REFERENCES:
             self._tracked.popitem(last=False)
+        orphan = self._orphan_reports.pop(reference, None)
+        if orphan is not None:
+            self._on_status_report(orphan[1])
 
     # -- URCs ----------------------------------------------------------------------------------
 
@@ -608,7 +625,7 @@ class GsmModem:
         name = urc.name
         if name in ("+CMTI", "+CDSI"):
             values = _fields(urc.args)
-            if len(values) == 2 and values[1].isdigit():
+            if len(values) == 2 and values[1].isdigit() and len(values[1]) < 6:
                 self._spawn(self._read_stored(int(values[1])), "cmgr")
         elif name in ("+CMT", "+CDS"):
             if urc.pdu is not None:
@@ -626,7 +643,7 @@ class GsmModem:
         elif name in ("+CREG", "+CGREG"):
             values = _fields(urc.args)
             stat = values[0] if len(values) in (1, 3) else values[1] if len(values) > 1 else ""
-            if name == "+CREG" and stat.isdigit():
+            if name == "+CREG" and stat.isdigit() and len(stat) < 4:
                 self._set_health(registration=REGISTRATION.get(int(stat), stat))
         elif name == "+CPIN":
             if urc.args.strip().upper() == "READY":
@@ -649,8 +666,9 @@ class GsmModem:
 
     def _on_cusd(self, args: str) -> None:
         values = _fields(args)
-        status = int(values[0]) if values and values[0].isdigit() else 4
-        dcs = int(values[2]) if len(values) > 2 and values[2].isdigit() else None
+        status = int(values[0]) if values and values[0].isdigit() and len(values[0]) < 4 else 4
+        dcs = int(values[2]) if len(values) > 2 and values[2].isdigit() and len(values[2]) < 4 \
+            else None
         text = decode_ussd(values[1], dcs) if len(values) > 1 else ""
         event = UssdReceived(self.config.name, status, text)
         if self._ussd is not None and not self._ussd.done():
@@ -682,7 +700,7 @@ class GsmModem:
             return
         for header, pdu in zip(lines[::2], lines[1::2], strict=False):
             index = _fields(header.partition(":")[2])[0]
-            if index.isdigit() and self._handle_pdu(pdu, int(index)):
+            if index.isdigit() and len(index) < 6 and self._handle_pdu(pdu, int(index)):
                 with contextlib.suppress(ModemError):
                     await self._command(f"AT+CMGD={index}")
 
@@ -714,6 +732,16 @@ class GsmModem:
         ):
             self._emit_sms(assembled)
 
+    def _emit_orphan(self, report: StatusReport) -> None:
+        self._emit(DeliveryReport(self.config.name, None, report.reference, report.recipient,
+                                  report.state, report.status, report.state))
+
+    def _expire_orphans(self, now: float) -> None:
+        for reference, (seen, report) in list(self._orphan_reports.items()):
+            if now - seen >= self.config.orphan_report_wait:
+                del self._orphan_reports[reference]
+                self._emit_orphan(report)
+
     def _emit_sms(self, assembled: Assembled) -> None:
         self._emit(
             SmsReceived(
@@ -727,12 +755,16 @@ class GsmModem:
             )
         )
 
+    # Theory: a fast network can return the status report in the same read as the +CMGS
+    # answer, before the sender task has recorded the reference. A report for an unknown
+    # reference waits `orphan_report_wait` seconds for `_track`, then goes out with message_id None.
     def _on_status_report(self, report: StatusReport) -> None:
         entry = self._tracked.get(report.reference)
         state = report.state
         if entry is None:
-            self._emit(DeliveryReport(self.config.name, None, report.reference, report.recipient,
-                                      state, report.status, state))
+            self._orphan_reports[report.reference] = (asyncio.get_running_loop().time(), report)
+            while len(self._orphan_reports) > MAX_ORPHAN_REPORTS:
+                self._emit_orphan(self._orphan_reports.popitem(last=False)[1][1])
             return
         tracked, part = entry
         tracked.states[part] = state

@@ -77,6 +77,8 @@ class ModemEmulator:
     ber: int = 99
     registration: int = 1
     operator: str = "EmuTel"
+    # a fast network: the status report (this TP-ST) follows the +CMGS answer in one write
+    auto_status_report: int | None = None
     csms: int = 0  # power-on +CSMS service; 1 = phase 2+, +CMT/+CDS must be acknowledged
     ussd_replies: dict[str, tuple[str, int]] = field(default_factory=dict)
 
@@ -623,6 +625,8 @@ class ModemEmulator:
             return
         self.submits.append(submit)
         self._respond([f"+CMGS: {mr}"])
+        if self.auto_status_report is not None and submit.status_report:
+            self._route_status_report(mr, submit.destination, self.auto_status_report)
 
     def _store(self, stat: str, pdu: str) -> int | None:
         for index in range(1, STORAGE_SIZE + 1):

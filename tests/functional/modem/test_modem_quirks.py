@@ -172,3 +172,14 @@ async def test_messages_stored_while_offline_are_read_after_reconnect(online: On
     sms = await log.wait_for(SmsReceived)
     assert sms.text == "stored while we were away"
     await until(lambda: not emulator.stored())
+
+
+async def test_error_during_init_is_retried_by_reconnecting(emulator: ModemEmulator,
+                                                            modem_factory: Any) -> None:
+    emulator.fail_next("ERROR", command="AT+CMGF")
+    modem, log = await modem_factory(emulator)
+    async with asyncio.timeout(20):
+        await modem.wait_online()
+    down = log.of(HealthChanged)
+    assert any(e.health.last_error and "AT+CMGF=0: ERROR" in e.health.last_error for e in down)
+    assert emulator.commands.count("AT+CMGF=0") == 2

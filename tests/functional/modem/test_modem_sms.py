@@ -92,6 +92,27 @@ async def test_status_reports_combine_into_delivered(online: Online) -> None:
     assert last.message_state == "delivered"
 
 
+async def test_status_report_racing_the_cmgs_answer(emulator_factory: Any,
+                                                    modem_factory: Any) -> None:
+    emulator = emulator_factory(auto_status_report=0)
+    modem, log = await modem_factory(emulator)
+    await modem.wait_online()
+    await modem.send("+79161234567", CYRILLIC_200, message_id="m-fast")
+    report = await log.wait_for(DeliveryReport, lambda r: r.message_state == "delivered")
+    assert report.message_id == "m-fast"
+    assert all(r.message_id == "m-fast" for r in log.of(DeliveryReport))
+    assert len(log.of(DeliveryReport)) == 3
+
+
+async def test_status_report_for_an_unknown_reference(emulator: ModemEmulator,
+                                                      modem_factory: Any) -> None:
+    modem, log = await modem_factory(emulator, orphan_report_wait=0.5)
+    await modem.wait_online()
+    emulator.status_report(201, "+79161234567", status=0)
+    report = await log.wait_for(DeliveryReport)
+    assert (report.message_id, report.reference, report.state) == (None, 201, "delivered")
+
+
 async def test_failed_status_report(online: Online) -> None:
     emulator, modem, log = online
     result = await modem.send("+79161234567", "short", message_id="m-fail")

@@ -1,8 +1,10 @@
 """All server objects, built in one place and passed into constructors.
 
 The lead wires the real links through the seams here: feed ``pbx.changes``
-events into ``calls.handle(change)``, set ``conversations.outbound`` to the
-SMS/chat sender, and register each link's state probe with ``links.register``.
+events into ``calls.handle(change)``, inbound SMS/chat into
+``inbox.receive(...)`` and receipts into ``inbox.delivery_status(...)``, set
+``conversations.outbound`` to the SMS/chat sender, and register each link's
+state probe with ``links.register`` (same name replaces the placeholder).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from cti.customers import CustomerService
 from cti.db import create_engine, migrate, sessionmaker
 from cti.history import HistoryWriter
 from cti.hub import EventHub
+from cti.messaging import TextInbox
 from cti.screenpop import ScreenPop
 
 LinkProbe = Callable[[], Awaitable[dict[str, Any]]]
@@ -72,6 +75,9 @@ class Services:
             self.history,
             self.screen_pop,
             self.hub,
+        )
+        self.inbox = TextInbox(
+            self.sessions, self.customers, self.conversations, self.history, self.hub
         )
         self.links = LinkRegistry()
         self.links.register("database", self._database_probe)

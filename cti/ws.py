@@ -39,11 +39,11 @@ def _last_seq(value: Any) -> int | None:
 async def _pump(ws: web.WebSocketResponse, sub: Subscription) -> None:
     while True:
         text = await sub.queue.get()
-        await ws.send_str(text)
-        sub.delivered += 1
-        if sub.overflowed and sub.queue.empty():
+        if sub.overflowed:
             await ws.close(code=SLOW_CONSUMER, message=b"slow consumer: reconnect with last_seq")
             return
+        await ws.send_str(text)
+        sub.delivered += 1
 
 
 async def events(request: web.Request) -> web.WebSocketResponse:

@@ -146,3 +146,21 @@ async def test_health_reports_each_pbx_from_link_changes(settings: Settings) -> 
         assert "s@" not in json.dumps(body)
     finally:
         await client.close()
+
+
+async def test_slow_socket_is_dropped_and_resumes(api: Api) -> None:
+    token = await api.agent("agent1")
+    hub = api.services.hub
+    me = (await (await api.client.get("/api/v1/me", headers=api.auth(token))).json())["id"]
+    slow = await api.client.ws_connect("/api/v1/events", params={"token": token})
+    await recv(slow)
+    seqs = [hub.publish([me], "note", {"n": n}) for n in range(200)]  # no await: queue floods
+    msg = await slow.receive(timeout=TIMEOUT)
+    assert msg.type is aiohttp.WSMsgType.CLOSE and slow.close_code == 4008
+    ws = await api.client.ws_connect("/api/v1/events", params={"token": token, "last_seq": "0"})
+    assert (await recv(ws))["type"] == "hello"
+    first = await recv(ws)
+    assert first["type"] == "resync"  # more was missed than the replay buffer holds
+    rest = [await recv(ws) for _ in range(50)]
+    assert [m["seq"] for m in rest] == seqs[-50:]
+    await ws.close()

@@ -1,0 +1,149 @@
+"""Inbound SMS and chat: the seam the SMS gateway and web chat feed.
+
+An inbound message is identified by its sender, lands in the customer's open
+conversation on that channel (or a new one), is recorded in the history and
+is pushed to the owner's socket; a new conversation is offered to the
+least-loaded agent with the skill (screen-pop). ``deflect_call`` turns a
+waiting caller into a text conversation linked to the call that keeps the
+caller's queue entry time, so the caller keeps their place in line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from cti.conversations import ConversationService, conversation_json
+from cti.customers import CustomerService
+from cti.errors import InvalidInput, NotFound
+from cti.history import HistoryEntry, HistoryWriter
+from cti.hub import EventHub
+from cti.identities import IdentityKind
+from cti.models import Conversation
+
+MAX_INBOUND_TEXT = 16 * 1024
+TEXT_CHANNELS = {"sms": IdentityKind.PHONE, "chat": IdentityKind.WEBCHAT}
+
+
+class TextInbox:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        customers: CustomerService,
+        conversations: ConversationService,
+        history: HistoryWriter,
+        hub: EventHub,
+    ) -> None:
+        self._sessions = sessions
+        self._customers = customers
+        self._conversations = conversations
+        self._history = history
+        self._hub = hub
+
+    async def _open_for(self, channel: str, customer_id: int, contact: str) -> Conversation | None:
+        async with self._sessions() as session:
+            return await session.scalar(
+                select(Conversation)
+                .where(
+                    Conversation.channel == channel,
+                    Conversation.customer_id == customer_id,
+                    Conversation.contact == contact,
+                    Conversation.status.in_(("queued", "assigned")),
+                )
+                .order_by(Conversation.id.desc())
+                .limit(1)
+            )
+
+    async def receive(
+        self,
+        channel: str,
+        sender: str,
+        text: str,
+        *,
+        kind: IdentityKind | None = None,
+        name: str = "",
+        queue: str | None = None,
+        skill: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> Conversation:
+        """Record one inbound message; returns its conversation."""
+        if channel not in TEXT_CHANNELS:
+            raise InvalidInput("channel must be sms or chat", field="channel")
+        if len(text) > MAX_INBOUND_TEXT:
+            raise InvalidInput("the message is too long", field="text")
+        ident = self._customers.normalise(kind or TEXT_CHANNELS[channel], sender, "sender")
+        customer, _ = await self._customers.identify(ident.kind, sender, name=name)
+        conv = await self._open_for(channel, customer.id, ident.value)
+        created = conv is None
+        if conv is None:
+            conv, _ = await self._conversations.open(
+                channel, customer.id, queue=queue, skill=skill, contact=ident.value
+            )
+        await self._history.add(
+            HistoryEntry(
+                customer_id=customer.id,
+                conversation_id=conv.id,
+                kind="message_in",
+                channel=channel,
+                payload={"text": text, "from": ident.value, **(details or {})},
+            )
+        )
+        if conv.owner_id is not None:
+            self._hub.publish(
+                [conv.owner_id],
+                "message",
+                {"conversation_id": conv.id, "channel": channel, "text": text, "from": ident.value},
+            )
+        elif created:
+            await self._conversations.assign_text(conv.id)
+        return await self._conversations.get(conv.id)
+
+    async def delivery_status(
+        self, conversation_id: int, message_ref: str, status: str, detail: str = ""
+    ) -> None:
+        """A delivery receipt (SMSC DLR) for an outbound message."""
+        conv = await self._conversations.get(conversation_id)
+        await self._history.add(
+            HistoryEntry(
+                customer_id=conv.customer_id,
+                conversation_id=conv.id,
+                kind="delivery_status",
+                channel=conv.channel,
+                payload={"message_ref": message_ref, "status": status, "detail": detail},
+                dedup_key=f"dlr:{message_ref}:{status}"[:200],
+            )
+        )
+        if conv.owner_id is not None:
+            self._hub.publish(
+                [conv.owner_id],
+                "delivery_status",
+                {"conversation_id": conv.id, "message_ref": message_ref, "status": status},
+            )
+
+    async def deflect_call(self, call_id: str, channel: str = "sms") -> dict[str, Any]:
+        """A queued caller switches to SMS/chat without losing their place."""
+        voice = await self._conversations.by_ref(call_id)
+        if voice is None:
+            raise NotFound(f"call {call_id} is unknown", call_id=call_id)
+        conv, created = await self._conversations.open(
+            channel,
+            voice.customer_id,
+            queue=voice.queue,
+            contact=voice.contact if channel == "sms" else "",
+            external_ref=f"{call_id}:deflected:{channel}",
+            linked_to_id=voice.id,
+            queued_at=voice.queued_at,
+        )
+        if created:
+            await self._history.add(
+                HistoryEntry(
+                    customer_id=voice.customer_id,
+                    conversation_id=conv.id,
+                    kind="deflected",
+                    channel=channel,
+                    payload={"from_conversation_id": voice.id, "call_id": call_id},
+                )
+            )
+        return conversation_json(conv)

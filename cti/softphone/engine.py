@@ -17,6 +17,7 @@ import asyncio
 import atexit
 import gc
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -28,8 +29,10 @@ log = logging.getLogger("cti.softphone.pjsua")
 
 T = TypeVar("T")
 
-PJ_LOG_LEVEL = 2
+PJ_LOG_LEVEL = int(os.environ.get("CTI_SOFTPHONE_PJ_LOG_LEVEL", "2"))  # 5-6: SIP traces
 MAX_CALLS = 32
+MAX_TRANSPORTS = 8  # PJSUA_MAX_TRANSPORTS; PJSUA_MAX_ACC is 8 too
+MAX_PARKED = 4
 _STOP = object()
 
 
@@ -47,7 +50,7 @@ class _LogWriter(pj.LogWriter):  # type: ignore[misc]
     def write(self, entry: Any) -> None:
         text = str(entry.msg).rstrip()
         if text:
-            log.log(logging.WARNING if int(entry.level) <= 1 else logging.DEBUG, "%s", text)
+            log.log(logging.WARNING if int(entry.level) <= 1 else logging.INFO, "%s", text)
 
 
 class _Endpoint(pj.Endpoint):  # type: ignore[misc]
@@ -88,6 +91,10 @@ class Engine:
         self.owners: dict[int, PortOwner] = {}
         self.keepalive: set[object] = set()
         self.graveyard: list[object] = []
+        self.morgue: list[object] = []
+        self.parked: dict[tuple[str, int], int] = {}
+        self.ports: set[int] = set()
+        self._auto_ports: set[int] = set()
         self.ep: Any = None
         self._stopped = False
 
@@ -136,6 +143,47 @@ class Engine:
         self._jobs.put(job)
         return await fut
 
+    # -- transports (engine thread) ------------------------------------------
+    # Quirk worked around: a closed UDP transport keeps its socket while any
+    # transaction still references it (up to 32 s on UDP), so reopening the
+    # same port (the lab carrier port, test after test) fails with
+    # EADDRINUSE. Closed phones park their transport; the next phone asking
+    # for that port (or for any port, when it asks for port 0) takes it over.
+    # pjsua has MAX_TRANSPORTS slots: parked ones are closed, oldest and
+    # auto-port first, when more are needed.
+    def take_transport(self, bind: str, port: int) -> tuple[int, int]:
+        for key in list(self.parked):
+            if key[0] == bind and (port == 0 or key[1] == port):
+                return self.parked.pop(key), key[1]
+        while self.parked and len(self.owners) + len(self.parked) >= MAX_TRANSPORTS:
+            self._close_parked()
+        tcfg = pj.TransportConfig()
+        tcfg.port = port
+        tcfg.boundAddress = bind
+        tid = int(self.ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg))
+        name = str(self.ep.transportGetInfo(tid).localName)
+        real_port = int(name.rsplit(":", 1)[1])
+        self.ports.add(real_port)
+        if port == 0:
+            self._auto_ports.add(real_port)
+        return tid, real_port
+
+    def park_transport(self, bind: str, port: int, tid: int) -> None:
+        self.parked[(bind, port)] = tid
+        while len(self.parked) > MAX_PARKED:
+            self._close_parked()
+
+    def _close_parked(self) -> None:
+        keys = sorted(self.parked, key=lambda k: k[1] not in self._auto_ports)
+        key = keys[0]
+        tid = self.parked.pop(key)
+        self.ports.discard(key[1])
+        self._auto_ports.discard(key[1])
+        try:
+            self.ep.transportClose(tid)
+        except pj.Error as exc:
+            log.debug("transport close: %s", exc.info())
+
     # -- the thread ---------------------------------------------------------
     def _main(self) -> None:
         writer = _LogWriter()
@@ -149,7 +197,7 @@ class Engine:
             cfg.uaConfig.userAgent = "cti-softphone"
             cfg.logConfig.level = PJ_LOG_LEVEL
             cfg.logConfig.consoleLevel = PJ_LOG_LEVEL
-            cfg.logConfig.msgLogging = 0
+            cfg.logConfig.msgLogging = 1 if PJ_LOG_LEVEL >= 5 else 0
             cfg.logConfig.writer = writer
             cfg.medConfig.noVad = True
             # The sound device (null here) clocks the conference bridge, which
@@ -206,6 +254,7 @@ class Engine:
                     log.debug("account shutdown: %s", exc.info())
         self.keepalive.clear()
         self.graveyard.clear()
+        self.morgue.clear()
         self.owners.clear()
         gc.collect()
         ep.libDestroy()

@@ -37,6 +37,7 @@ from cti.softphone.sip_text import (
     SipTextError,
     parse_head,
     parse_name_addr,
+    uri_port,
 )
 
 log = logging.getLogger("cti.softphone")
@@ -180,6 +181,7 @@ class _PjCall(pj.Call):  # type: ignore[misc]
         super().__init__(acc, call_id)
         self.core = core
         self.serial = serial
+        self.last_dtmf: tuple[str, int] | None = None
 
     def onCallState(self, prm: Any) -> None:
         self.core.on_call_state(self)
@@ -202,8 +204,15 @@ class _PjCall(pj.Call):  # type: ignore[misc]
         # pjsua reports RFC 2833 events here (not in onDtmfDigit once this is
         # overridden): start (flags 0), updates (bit 0) and end (bit 1). One
         # digit per event: count the first report of it, i.e. not an update.
-        if not int(prm.flags) & _DTMF_IS_UPDATE:
-            self.core.on_dtmf(self, str(prm.digit))
+        # Quirk: after a hold/unhold re-INVITE pjsua builds a new stream, and
+        # Asterisk's retransmitted end packets of the last event then show up
+        # as a new start with the same digit and timestamp: skip those.
+        digit, stamp = str(prm.digit), int(prm.timestamp)
+        log.debug("DTMF event %s flags=%s ts=%s", digit, prm.flags, stamp)
+        if int(prm.flags) & _DTMF_IS_UPDATE or (digit, stamp) == self.last_dtmf:
+            return
+        self.last_dtmf = (digit, stamp)
+        self.core.on_dtmf(self, digit)
 
 
 class _Core:
@@ -216,6 +225,7 @@ class _Core:
         self.account: _PjAccount | None = None
         self.transport_id: int | None = None
         self.port = 0
+        self.bind = ""
         self.call: _PjCall | None = None
         self.auto_answer = False
         self.registers = False
@@ -231,12 +241,8 @@ class _Core:
     # -- setup / teardown ---------------------------------------------------
     def open(self, *, bind: str, port: int, id_uri: str, registrar: str | None,
              username: str, password: str) -> int:
-        tcfg = pj.TransportConfig()
-        tcfg.port = port
-        tcfg.boundAddress = bind
-        self.transport_id = int(self.engine.ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg))
-        info = self.engine.ep.transportGetInfo(self.transport_id)
-        self.port = int(str(info.localName).rsplit(":", 1)[1])
+        self.transport_id, self.port = self.engine.take_transport(bind, port)
+        self.bind = bind
         acfg = pj.AccountConfig()
         acfg.idUri = id_uri
         acfg.sipConfig.transportId = self.transport_id
@@ -264,6 +270,8 @@ class _Core:
         except Exception:
             self.engine.keepalive.discard(account)
             self.engine.owners.pop(self.port, None)
+            self.engine.park_transport(bind, self.port, self.transport_id)
+            self.transport_id = None
             raise
         self.account = account
         return self.port
@@ -281,13 +289,13 @@ class _Core:
         if account is not None:
             account.shutdown()
             self.engine.keepalive.discard(account)
-            self.engine.graveyard.append(account)
+            # Quirk: pjsua2's ~Account() calls shutdown() again, which deletes
+            # whatever account has since been given the same id. Keep dead
+            # Account objects until engine teardown (ids are freed anyway).
+            self.engine.morgue.append(account)
         if self.transport_id is not None:
             self.engine.owners.pop(self.port, None)
-            try:
-                self.engine.ep.transportClose(self.transport_id)
-            except pj.Error as exc:
-                log.debug("transport close: %s", exc.info())
+            self.engine.park_transport(self.bind, self.port, self.transport_id)
             self.transport_id = None
 
     def _hangup_quietly(self, call: _PjCall) -> None:
@@ -373,15 +381,20 @@ class _Core:
         serial = next(self._serials)
         call = _PjCall(self, serial, account, call_id)
         self.engine.keepalive.add(call)
-        busy = self.call is not None
+        refuse = 486 if self.call is not None else 0
         try:
-            offer = _incoming_from(parse_head(whole_msg))
+            head = parse_head(whole_msg)
+            offer = _incoming_from(head)
         except SipTextError as exc:
             log.warning("refusing an unreadable INVITE: %s", exc)
-            offer = None
+            offer, refuse = None, 400
+        else:
+            port = uri_port(head.request_uri)
+            if port is not None and port != self.port and port in self.engine.ports:
+                refuse = 480  # for a closed phone's parked port, not for us
         prm = pj.CallOpParam(True)
-        if busy or offer is None:
-            prm.statusCode = 486 if busy else 400
+        if refuse or offer is None:
+            prm.statusCode = refuse or 400
             try:
                 call.hangup(prm)
             except pj.Error as exc:

@@ -7,7 +7,6 @@ closed when the test ends.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -15,7 +14,6 @@ import pytest
 
 from cti.softphone import SoftPhone
 from cti.softphone.engine import get_engine_blocking, shutdown_engine_blocking
-from tests.peers.ports import free_port
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +31,7 @@ class PhoneFactory:
     """``await phone_factory("agent1")`` -> a SoftPhone registered with the lab PBX.
 
     ``await phone_factory.customer(port)`` -> an unregistered customer phone
-    listening on 127.0.0.1:port (port 0 or None: a free port).
+    listening on 127.0.0.1:port (port 0 or None: any free port; read ``phone.local_port``).
     """
 
     def __init__(self, lab_pbx: Any | None) -> None:
@@ -59,7 +57,7 @@ class PhoneFactory:
                        display_name: str | None = None,
                        auto_answer: bool = False) -> SoftPhone:
         phone = await SoftPhone.create_unregistered(
-            local_port=port or free_port(socket.SOCK_DGRAM), username=username,
+            local_port=port or 0, username=username,
             display_name=display_name, auto_answer=auto_answer,
         )
         self.phones.append(phone)

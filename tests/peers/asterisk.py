@@ -19,7 +19,7 @@ import pytest
 from cti.lab import LabPbx, LabPbxError
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-_failed_key = pytest.StashKey[bool]()
+failed_key = pytest.StashKey[bool]()
 
 LabPbxFactory = Callable[..., LabPbx]
 
@@ -30,7 +30,7 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if report.failed:
-        item.stash[_failed_key] = True
+        item.stash[failed_key] = True
     return report
 
 
@@ -86,7 +86,7 @@ def lab_pbx_factory(
                 pbx.stop()
             except LabPbxError as exc:
                 errors.append(str(exc))
-            if request.node.stash.get(_failed_key, False):
+            if request.node.stash.get(failed_key, False):
                 keep_logs(pbx, f"{request.node.name}-{index}")
         if errors:
             pytest.fail("; ".join(errors), pytrace=False)

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +30,7 @@ from typing import Any
 import pytest
 
 from cti.lab import LabPbx
+from tests.peers.asterisk import ARTIFACTS, failed_key
 from tests.peers.ports import free_port
 
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "sipp"
@@ -205,6 +207,23 @@ class SippProcess:
         return int(values.get("SuccessfulCall(C)", 0)), int(values.get("FailedCall(C)", 0))
 
 
+def free_media_port() -> int:
+    """An even UDP port with the next three free too (SIPp binds RTP, RTCP and video)."""
+    for _ in range(50):
+        port = free_port(socket.SOCK_DGRAM, "127.0.0.1") & ~1
+        if port < 1024:
+            continue
+        try:
+            with contextlib.ExitStack() as stack:
+                for offset in range(4):
+                    sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+                    sock.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
+        return port
+    raise SippError("no free RTP port block on loopback")
+
+
 def sipp_target(pbx: LabPbx) -> str:
     return f"{pbx.host}:{pbx.sip_port}"
 
@@ -242,7 +261,7 @@ def caller_call(
     scenario.write_text(text, encoding="utf-8")
     args = [sipp_target(pbx), "-sf", str(scenario), "-s", number,
             "-i", "127.0.0.1", "-p", str(free_port(host="127.0.0.1")),
-            "-mp", str(free_port(host="127.0.0.1")), "-aa"]
+            "-mp", str(free_media_port()), "-aa"]
     proc = SippProcess(name, workdir, args, timeout)
     proc.start()
     return proc
@@ -296,7 +315,7 @@ def agent_answering(
     scenario = workdir / f"agent-{agent}.xml"
     scenario.write_text(text.replace("@@RING_MS@@", str(round(ring * 1000))), encoding="utf-8")
     args = [sipp_target(pbx), "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(port),
-            "-mp", str(free_port(host="127.0.0.1")), "-aa"]
+            "-mp", str(free_media_port()), "-aa"]
     proc = SippProcess(f"agent-{agent}", workdir, args, timeout)
     proc.start()
     return proc
@@ -315,7 +334,9 @@ def _fail_on_sipp_error(make: Callable[..., SippProcess]) -> SippFactory:
 
 
 @pytest.fixture
-def sipp_caller(lab_pbx: LabPbx, tmp_path: Path) -> Iterator[SippFactory]:
+def sipp_caller(
+    lab_pbx: LabPbx, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[SippFactory]:
     """``sipp_caller(number=..., caller_number=..., caller_name=..., steps=...,
     hangup_after=...)`` starts a SIPp caller against the session lab PBX; every
     caller still running at teardown is stopped by PID."""
@@ -336,6 +357,9 @@ def sipp_caller(lab_pbx: LabPbx, tmp_path: Path) -> Iterator[SippFactory]:
     finally:
         for proc in started:
             proc.stop()
+        if started and request.node.stash.get(failed_key, False):
+            label = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+            shutil.copytree(tmp_path / "sipp", ARTIFACTS / f"sipp-{label}", dirs_exist_ok=True)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -99,15 +99,17 @@ class IvrConfig:
 DEFAULT_CONFIG = IvrConfig()
 
 
-def estimate_wait(stats: QueueStats, position: int, config: IvrConfig = DEFAULT_CONFIG) -> int:
+def estimate_wait(
+    stats: QueueStats, position: int, config: IvrConfig = DEFAULT_CONFIG
+) -> int | None:
     """Estimated wait in seconds: ``position × AHT / agents``, bounded, whole minutes.
 
     ``agents`` is the number of available agents, or of logged-in agents when none
-    is free (they will free up), at least 1. With nobody logged in the estimate is
-    the upper bound. AHT is the recent average handle time, ``default_aht`` without data.
+    is free (they will free up). With nobody logged in there is no estimate (None).
+    AHT is the recent average handle time, ``default_aht`` without data.
     """
     if stats.agents_logged_in <= 0:
-        return int(config.max_wait)
+        return None
     if stats.agents_available > 0 and position <= stats.agents_available:
         return 0
     aht = stats.recent_aht if stats.recent_aht and stats.recent_aht > 0 else config.default_aht
@@ -262,19 +264,19 @@ async def _announce_wait(
     stats = await ports.queues.queue_stats(queue, session.environment.channel)
     position = stats.waiting + 1  # the caller joins behind everyone waiting now
     wait = estimate_wait(stats, position, config)
-    await session.set_variable("__CTI_ESTIMATED_WAIT", str(wait))
+    await session.set_variable("__CTI_ESTIMATED_WAIT", "" if wait is None else str(wait))
     if position == 1:
         await session.stream_file("queue-youarenext")
     else:
         await session.stream_file("queue-thereare")
         await session.say_number(position)
         await session.stream_file("queue-callswaiting")
-    if wait > 0:
+    if wait:
         minutes = wait // 60
         await session.stream_file("queue-holdtime")
         await session.say_number(minutes)
         await session.stream_file("queue-minute" if minutes == 1 else "queue-minutes")
-    await rec.record("announce", f"position:{position}:wait:{wait}")
+    await rec.record("announce", f"position:{position}:wait:{'unknown' if wait is None else wait}")
 
 
 def make_inbound(config: IvrConfig = DEFAULT_CONFIG) -> Flow:

@@ -110,6 +110,7 @@ class AgiSession:
         self.hung_up = False
         self.step = "start"  # where the flow is: recorded when the caller hangs up
         self.pending_command: str | None = None  # the command awaiting its result
+        self.invalid_inputs = 0  # invalid or missing answers so far (read_digits)
         self.started = time.time()
 
     # ------------------------------------------------------------------ wire
@@ -289,6 +290,7 @@ class AgiSession:
                 digits = first + rest
             if min_digits <= len(digits) <= max_digits and (valid is None or digits in valid):
                 return digits
+            self.invalid_inputs += 1
             log.info(
                 "IVR %s: invalid or no input at %s (attempt %d)",
                 self.environment.uniqueid,

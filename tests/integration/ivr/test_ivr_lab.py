@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from cti.lab import LabPbx
-from ivr.flows import RU_VOICE, IvrConfig, default_routes
+from ivr.flows import RU_VOICE, IvrConfig, default_routes, make_inbound
 from ivr.ports import Customer, OrderState, OrderStatus, QueueStats
 from ivr.reference_ports import MemoryPorts
 from ivr.server import FastAgiServer, FastAgiSettings
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 CALLER = "79161234567"
 WITHIN = 30.0
-CONFIG = IvrConfig(digit_timeout=3.0, retries=2)
+CONFIG = IvrConfig(digit_timeout=2.0, retries=1)
 
 
 @dataclasses.dataclass
@@ -102,10 +103,10 @@ def recorded(memory: MemoryPorts, step: str) -> Callable[[], bool]:
     return lambda: any(c.step == step for c in memory.history.choices)
 
 
-async def call_in(lab: IvrLab, number: str = "100") -> None:
+async def call_in(lab: IvrLab, number: str = "100", caller: str = CALLER) -> None:
     response = await lab.ami.action({
         "Action": "Originate", "Channel": f"Local/{number}@from-trunk",
-        "Application": "Wait", "Data": "120", "CallerID": f"Ivan <{CALLER}>",
+        "Application": "Wait", "Data": "120", "CallerID": f"Caller <{caller}>",
         "Async": "true",
     })
     assert response.get("Response") == "Success", response
@@ -167,3 +168,83 @@ async def test_caller_hangs_up_mid_prompt(lab: IvrLab) -> None:
     await wait_until(lambda: lab.server.active_sessions == 0, "the session to end")
     assert lab.server.counters.hangups == hangups_before + 1
     assert lab.server.counters.flow_errors == 0
+
+
+async def key_in(lab: IvrLab, session: AgiSession, digits: str) -> None:
+    """Key several digits into a GET DATA (each queued as received DTMF)."""
+    await wait_until(lambda: session.pending_command == "GET DATA", "GET DATA")
+    for digit in digits:
+        response = await lab.ami.action({"Action": "PlayDTMF",
+                                         "Channel": session.environment.channel,
+                                         "Digit": digit, "Duration": "100", "Receive": "true"})
+        assert response.get("Response") == "Success", response
+
+
+async def test_unknown_caller_keys_reference_self_service_then_callback(lab: IvrLab) -> None:
+    memory = lab.memory
+    stranger = "74950001122"
+    await call_in(lab, number="200", caller=stranger)
+    session = await session_at(lab, "inbound", "language")
+    channel = session.environment.channel
+    await press(lab, channel, "9", lambda: session.invalid_inputs == 1)  # not a language
+    await press(lab, channel, "1", recorded(memory, "language"))
+    await wait_until(lambda: session.step == "identify", "identify")
+    await key_in(lab, session, "4242#")
+    await session_at(lab, "inbound", "menu")
+    await press(lab, channel, "1", recorded(memory, "self_service"))
+    await session_at(lab, "inbound", "menu")
+    await press(lab, channel, "2", lambda: ("menu", "sales") in steps(memory))
+    joined = await lab.ami.wait_event(
+        lambda e: e.get("Event") == "QueueCallerJoin" and e.get("Channel") == channel
+    )
+    assert joined["Queue"] == "sales"
+    assert steps(memory) == [
+        ("start", "dialled:200"), ("language", "en"), ("identify", "reference"),
+        ("menu", "order_status"), ("self_service", "order_status:1234:shipped"),
+        ("menu", "sales"), ("queue", "sales"), ("announce", "position:1:wait:unknown"),
+    ]
+
+    # In the queue: 2 = call me back; confirm the caller's own number with 1.
+    await press(lab, channel, "2", lambda: any(s.environment.script == "queue-exit"
+                                               for s in lab.server.sessions()))
+    await session_at(lab, "queue-exit", "callback_confirm")
+    await press(lab, channel, "1", lambda: bool(memory.callbacks.requests))
+    outcome = await lab.ami.wait_event(
+        lambda e: e.get("Event") == "UserEvent" and e.get("UserEvent") == "CtiQueueOutcome"
+    )
+    assert (outcome["Outcome"], outcome["Queue"], outcome["Detail"]) == ("callback", "sales",
+                                                                          "cb-1")
+    request = memory.callbacks.requests[0]
+    assert (request.number, request.queue, request.customer_id) == (stranger, "sales", "cust-1")
+    await lab.ami.wait_event(lambda e: e.get("Event") == "Hangup" and e.get("Channel") == channel)
+    await wait_until(lambda: lab.server.active_sessions == 0, "sessions to end")
+    assert ("callback_number", "confirmed") in steps(memory)
+    assert ("queue_exit", "callback:cb-1") in steps(memory)
+
+
+async def test_no_input_takes_the_default_language_and_route(
+    lab: IvrLab, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ivr")
+    short = dataclasses.replace(
+        CONFIG, language_prompts=("beep", f"{RU_VOICE}/digits/2"), menu_prompts=("vm-press",),
+        digit_timeout=1.0, invalid_prompt="beep",
+    )
+    lab.server.routes["inbound"] = make_inbound(short)
+    memory = lab.memory
+    await call_in(lab)
+    session = await session_at(lab, "inbound", "language")
+    channel = session.environment.channel
+    # Nothing pressed: one retry at each menu, then the defaults.
+    joined = await lab.ami.wait_event(
+        lambda e: e.get("Event") == "QueueCallerJoin" and e.get("Channel") == channel, within=60
+    )
+    assert joined["Queue"] == "support"  # the queue of the dialled number (100)
+    assert ("language", "default:en") in steps(memory)
+    assert ("menu", "default") in steps(memory)
+    assert ("queue", "support") in steps(memory)
+    assert session.invalid_inputs == 4
+    # every prompt exists (a missing sound shows up as a result=-1 warning)
+    assert not [r for r in caplog.records if "result=-1" in r.getMessage()]
+    response = await lab.ami.action({"Action": "Hangup", "Channel": channel})
+    assert response.get("Response") == "Success", response

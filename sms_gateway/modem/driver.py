@@ -461,8 +461,15 @@ class GsmModem:
         except CommandError:
             self._needs_ack = False
         mt = 1 if self.config.new_message_indication == "cmti" else 2
-        ds = 1 if self.config.status_reports else 0
-        await self._command(f"AT+CNMI=2,{mt},0,{ds},0")
+        # Quirk: some modems cannot route status reports directly (+CDS, ds=1) and only
+        # store them (+CDSI, ds=2); both end in the same DeliveryReport.
+        for ds in (1, 2) if self.config.status_reports else (0,):
+            try:
+                await self._command(f"AT+CNMI=2,{mt},0,{ds},0")
+                break
+            except CommandError:
+                if ds == 2 or not self.config.status_reports:
+                    raise
         for optional in ('AT+CSCS="GSM"', "AT+CLIP=1", "AT+CREG=1"):
             try:
                 await self._command(optional)

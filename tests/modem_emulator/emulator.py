@@ -79,6 +79,8 @@ class ModemEmulator:
     operator: str = "EmuTel"
     # a fast network: the status report (this TP-ST) follows the +CMGS answer in one write
     auto_status_report: int | None = None
+    # +CNMI <ds> values this modem accepts (some only store status reports: {0, 2})
+    supported_ds: frozenset[int] = frozenset({0, 1, 2})
     csms: int = 0  # power-on +CSMS service; 1 = phase 2+, +CMT/+CDS must be acknowledged
     ussd_replies: dict[str, tuple[str, int]] = field(default_factory=dict)
 
@@ -541,7 +543,7 @@ class ModemEmulator:
                 self._final(self._cms(304))
                 return
             values += [0] * (5 - len(values))
-            if len(values) > 5 or values[1] > 3 or values[3] > 2:
+            if len(values) > 5 or values[1] > 3 or values[3] not in self.supported_ds:
                 self._final(self._cms(303))
                 return
             s.cnmi = (values[0], values[1], values[2], values[3], values[4])

@@ -157,3 +157,23 @@ async def test_bad_input_is_refused_before_the_outbox(online: Online) -> None:
     assert modem.health().outbox == 0
     await modem.send("+79161234567", "я" * (67 * 10))  # exactly the configured 10 parts
     assert len(emulator.submits) == 10
+
+
+async def test_status_reports_stored_on_a_modem_without_cds_routing(
+    emulator_factory: Any, modem_factory: Any
+) -> None:
+    emulator = emulator_factory(supported_ds=frozenset({0, 2}))  # +CNMI ds=1 refused
+    modem, log = await modem_factory(emulator)
+    await modem.wait_online()
+    result = await modem.send("+79161234567", "stored report", message_id="m-cdsi")
+    emulator.status_report(result.references[0], "+79161234567", status=0)
+    report = await log.wait_for(DeliveryReport)
+    assert (report.message_id, report.message_state) == ("m-cdsi", "delivered")
+    await until(lambda: not emulator.stored())  # read by +CMGR, deleted by +CMGD
+
+
+async def test_incoming_call_with_withheld_number(online: Online) -> None:
+    emulator, _, log = online
+    emulator.ring(None)
+    call = await log.wait_for(IncomingCall)
+    assert call.number is None

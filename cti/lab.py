@@ -41,6 +41,7 @@ MAX_AMI_MESSAGE = 64 * 1024
 # Classes the CTI needs; asterisk-conf/README.md explains each one.
 AMI_READ = "system,call,agent,user,dtmf"
 AMI_WRITE = "call,originate,agent,user,reporting"
+AMI_EVENTFILTERS = ("!Event: VarSet", "!Event: Newexten")
 
 
 class LabPbxError(RuntimeError):
@@ -182,6 +183,9 @@ class LabPbx:
         agents: int | Mapping[str, str] = 4,
         queues: Sequence[LabQueue] | None = None,
         queue_strategy: str = "linear",
+        ami_read: str = AMI_READ,
+        ami_write: str = AMI_WRITE,
+        ami_eventfilters: Sequence[str] = AMI_EVENTFILTERS,
         rtp_ports: tuple[int, int] = (20000, 29999),
         verbose: int = 3,
         boot_timeout: float = 60.0,
@@ -202,6 +206,9 @@ class LabPbx:
         )
         self.queues = tuple(queues) if queues is not None else default_queues(list(self.agents))
         self.queue_strategy = queue_strategy
+        self.ami_read = ami_read
+        self.ami_write = ami_write
+        self.ami_eventfilters = tuple(ami_eventfilters)
         self.rtp_ports = rtp_ports
         self.verbose = verbose
         self.boot_timeout = boot_timeout
@@ -276,8 +283,9 @@ class LabPbx:
             "ami_user": self.ami_user,
             "ami_secret": self.ami_secret,
             "ami_permit": ["127.0.0.1/255.255.255.255"],
-            "ami_read": AMI_READ,
-            "ami_write": AMI_WRITE,
+            "ami_read": self.ami_read,
+            "ami_write": self.ami_write,
+            "ami_eventfilters": list(self.ami_eventfilters),
             "ami_writetimeout": 1000,
             "agi_host": self.agi_host,
             "agi_port": self.agi_port,

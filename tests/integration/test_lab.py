@@ -14,7 +14,14 @@ import pytest
 
 from cti.lab import STATE_FILE, LabPbx, LabPbxError, render_templates
 from tests.peers.asterisk import LabPbxFactory
-from tests.peers.sipp import Dtmf, Pause, SippFactory, register_agent, wait_until
+from tests.peers.sipp import (
+    Dtmf,
+    Pause,
+    SippFactory,
+    caller_call,
+    register_agent,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -182,6 +189,40 @@ async def test_sipp_caller_sends_rfc2833_dtmf_while_queued(
     digits = [e["Digit"] for e in events if e.get("Event") == "DTMFEnd"
               and e.get("Uniqueid") == joins[0]["Uniqueid"] and e.get("Direction") == "Received"]
     assert digits == ["1"], events
+    assert not [e for e in events if e.get("Event") in {"VarSet", "Newexten"}]
+
+
+async def call_and_collect(pbx: LabPbx, workdir: Path, number: str) -> list[dict[str, str]]:
+    events: list[dict[str, str]] = []
+    collector = asyncio.create_task(collect_events(
+        pbx, events, lambda e: e.get("Event") == "Hangup" and e.get("CallerIDNum") == number))
+    caller = caller_call(pbx, workdir, caller_number=number, hangup_after=1.0, timeout=30)
+    try:
+        result = await caller.wait_async(45)
+        await asyncio.wait_for(asyncio.shield(collector), 15)
+    finally:
+        caller.stop()
+        collector.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await collector
+    assert result.ok, result
+    return events
+
+
+async def test_the_eventfilter_drops_varset_and_newexten_at_the_source(
+    lab_pbx_factory: LabPbxFactory, tmp_path: Path
+) -> None:
+    """Even a user granted the dialplan class gets no VarSet/Newexten; without the
+    filter the same call produces them (the control)."""
+    read = "system,call,agent,user,dtmf,dialplan"
+    filtered = lab_pbx_factory(agents=1, ami_read=read)
+    unfiltered = lab_pbx_factory(agents=1, ami_read=read, ami_eventfilters=())
+    noisy = {"VarSet", "Newexten"}
+    with_filter = await call_and_collect(filtered, tmp_path / "f", "+74950000002")
+    without = await call_and_collect(unfiltered, tmp_path / "u", "+74950000003")
+    assert {e.get("Event") for e in without} >= noisy
+    assert not noisy & {e.get("Event") for e in with_filter}
+    assert "QueueCallerJoin" in {e.get("Event") for e in with_filter}
 
 
 def test_templates_render_strictly_and_keep_asterisk_variables(tmp_path: Path) -> None:

@@ -108,6 +108,7 @@ class ModemEmulator:
         self._out = bytearray()
         self._in = bytearray()
         self._pdu_length: int | None = None
+        self._cmgs_token: object | None = None
         self._waiting_pdu = False
         self._stop = False
         self._wake_r, self._wake_w = os.pipe()
@@ -162,6 +163,7 @@ class ModemEmulator:
         self._out.clear()
         self._in.clear()
         self._waiting_pdu = False
+        self._pdu_length = self._cmgs_token = None
         with contextlib.suppress(FileNotFoundError):
             self.link.unlink()
 
@@ -369,6 +371,7 @@ class ModemEmulator:
                     self._finish_cmgs(pdu)
                 elif byte == 0x1B:
                     self._waiting_pdu = False
+                    self._pdu_length = None
                     self._in.clear()
                     self._write("\r\nOK\r\n")
                 elif byte not in (0x0D, 0x0A) and len(self._in) < 1024:
@@ -383,6 +386,11 @@ class ModemEmulator:
                     self._command(line)
             elif byte == 0x0A:
                 continue
+            elif byte == 0x1B and self._pdu_length is not None:
+                # ESC before the (slow) prompt came: the +CMGS is abandoned, no prompt follows
+                self._pdu_length = self._cmgs_token = None
+                self._in.clear()
+                self._write("\r\nOK\r\n")
             elif len(self._in) < MAX_COMMAND_LINE:
                 self._in.append(byte)
 
@@ -594,8 +602,11 @@ class ModemEmulator:
             self._final(self._cms(304))
             return
         self._pdu_length = length
+        token = self._cmgs_token = object()
 
         def prompt() -> None:
+            if self._cmgs_token is not token:
+                return  # cancelled by ESC, or the PTY was replaced meanwhile
             if self.unplug_at_prompt is not None:
                 self.unplug_at_prompt -= 1
                 if self.unplug_at_prompt <= 0:
@@ -612,14 +623,15 @@ class ModemEmulator:
             prompt()
 
     def _finish_cmgs(self, pdu: str) -> None:
+        expected, self._pdu_length = self._pdu_length, None
         failure = self._take_failure("AT+CMGS")
         if failure is not None:
             self._final(failure)
             return
         try:
             sca_octets = int(pdu[:2], 16) + 1
-            if len(pdu) // 2 - sca_octets != self._pdu_length:
-                raise PduDecodeError(f"length {self._pdu_length} does not match the PDU")
+            if len(pdu) // 2 - sca_octets != expected:
+                raise PduDecodeError(f"length {expected} does not match the PDU")
             mr = next(self._mr) % 256
             submit = parse_submit(pdu, mr)
         except (PduDecodeError, ValueError):

@@ -183,3 +183,19 @@ async def test_error_during_init_is_retried_by_reconnecting(emulator: ModemEmula
     down = log.of(HealthChanged)
     assert any(e.health.last_error and "AT+CMGF=0: ERROR" in e.health.last_error for e in down)
     assert emulator.commands.count("AT+CMGF=0") == 2
+
+
+async def test_prompt_timeout_cancels_and_the_message_is_sent_once_later(
+    emulator_factory: Any, modem_factory: Any
+) -> None:
+    emulator = emulator_factory(prompt_delay=30.0)  # the prompt never comes in time
+    modem, log = await modem_factory(emulator, prompt_timeout=1.0)
+    await modem.wait_online()
+    mark = log.mark()
+    sending = asyncio.ensure_future(modem.send("+79161234567", "slow modem", message_id="m-p"))
+    # the driver gives up on the prompt (ESC), then resets the port and comes back
+    await log.wait_for(HealthChanged, lambda e: not e.health.up, since=mark)
+    emulator.prompt_delay = 0.0
+    result = await asyncio.wait_for(sending, 30)
+    assert [s.text for s in emulator.submits] == ["slow modem"]
+    assert result.references == (emulator.submits[0].reference,)

@@ -21,9 +21,12 @@ import os
 import shutil
 import signal
 import sys
-from typing import Protocol
+from collections.abc import Awaitable
+from typing import Protocol, TypeVar
 
 log = logging.getLogger("cti.softphone.cli")
+
+T = TypeVar("T")
 
 PASSWORD_ENV = "CTI_PHONE_PASSWORD"
 MAX_NOTIFY_CHARS = 200
@@ -98,6 +101,28 @@ def _split_server(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+async def _until_stopped(stop: asyncio.Event, aw: Awaitable[T]) -> T | None:
+    """``await aw`` unless ``stop`` is set first (then cancel it and return None)."""
+    work = asyncio.ensure_future(aw)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (work, stopper):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    if work.cancelled():
+        return None
+    return work.result()
+
+
+async def _done(aw: Awaitable[None]) -> bool:
+    await aw
+    return True
+
+
 async def _serve(args: argparse.Namespace, password: str, sinks: list[PhoneEventSink]) -> int:
     from cti.softphone.engine import shutdown_engine
     from cti.softphone.phone import SoftPhone, SoftPhoneError
@@ -115,29 +140,29 @@ async def _serve(args: argparse.Namespace, password: str, sinks: list[PhoneEvent
             bind_address=args.bind, local_port=args.local_port,
         )
     except (SoftPhoneError, ValueError) as exc:
-        print(f"cti phone: {exc}", file=sys.stderr)
+        print(f"cti phone: {exc}", file=sys.stderr, flush=True)
         await shutdown_engine()
         return 2
     print(f"Registered {args.user} at {host}:{port} (SIP port {phone.local_port})", flush=True)
     handled = 0
+    day = 86_400.0
     try:
         while not stop.is_set():
-            offer_task = asyncio.ensure_future(phone.wait_for_incoming(timeout=3600))
-            stop_task = asyncio.ensure_future(stop.wait())
-            done, _ = await asyncio.wait({offer_task, stop_task},
-                                         return_when=asyncio.FIRST_COMPLETED)
-            for task in (offer_task, stop_task):
-                if task not in done:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, SoftPhoneError):
-                        await task
-            if offer_task not in done or offer_task.exception() is not None:
+            try:
+                offer = await _until_stopped(stop, phone.wait_for_incoming(day))
+            except SoftPhoneError:
                 continue
-            offer = offer_task.result()
+            if offer is None:
+                break
             for sink in sinks:
                 await sink.offered(offer)
+            if args.auto_answer:
+                with contextlib.suppress(SoftPhoneError):
+                    if await _until_stopped(stop, _done(phone.wait_state("connected", 10))):
+                        for sink in sinks:
+                            await sink.state_changed("connected")
             with contextlib.suppress(SoftPhoneError):
-                await phone.wait_state("connected" if args.auto_answer else "ringing", 10)
+                await _until_stopped(stop, _done(phone.wait_state("disconnected", day)))
             for sink in sinks:
                 await sink.state_changed(phone.state)
             handled += 1
@@ -154,6 +179,17 @@ def run(args: argparse.Namespace) -> int:
     if not password:
         print(f"cti phone: give --password or set {PASSWORD_ENV}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     sinks: list[PhoneEventSink] = [DesktopNotifier(not args.no_notify_send)]
     return asyncio.run(_serve(args, password, sinks))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cti.softphone.cli`` (same as ``cti phone``)."""
+    parser = argparse.ArgumentParser(prog="cti phone", description="the agent softphone (pjsua2)")
+    configure(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import ctypes
 import gc
 import logging
 import os
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
@@ -189,7 +191,7 @@ class Engine:
         writer = _LogWriter()
         try:
             ep = _Endpoint(self)
-            ep.libCreate()
+            _quiet_lib_create(ep)
             cfg = pj.EpConfig()
             cfg.uaConfig.threadCnt = 0
             cfg.uaConfig.mainThreadOnly = True
@@ -261,6 +263,24 @@ class Engine:
         self.ep = None
         del ep
         gc.collect()
+
+
+def _quiet_lib_create(ep: Any) -> None:
+    """libCreate() logs a few lines to C stdout before any log config applies: mute fd 1."""
+    sys.stdout.flush()
+    libc = ctypes.CDLL(None)
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        try:
+            ep.libCreate()
+        finally:
+            libc.fflush(None)
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: object) -> None:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+from pathlib import Path
+
 import pytest
 
 from cti.lab import LabPbx
@@ -10,6 +15,7 @@ from tests.peers.phones import PhoneFactory
 
 pytestmark = pytest.mark.integration
 
+ROOT = Path(__file__).resolve().parents[2]
 T = 20.0  # Asterisk on a loaded 2-core machine
 
 
@@ -88,3 +94,64 @@ async def test_wrong_password_is_refused_with_the_sip_status(lab_pbx: LabPbx,
         await SoftPhone.create(username="agent1", password="not-the-password",
                                host=lab_pbx.host, port=lab_pbx.sip_port, register_timeout=T)
     assert info.value.status in (401, 403)
+
+
+async def _read_until(stream: asyncio.StreamReader, needle: str, seen: list[str]) -> str:
+    while True:
+        raw = await stream.readline()
+        if not raw:
+            raise AssertionError(f"`cti phone` ended before printing {needle!r}: {seen}")
+        line = raw.decode("utf-8", "replace").rstrip("\n")
+        seen.append(line)
+        if needle in line:
+            return line
+
+
+async def test_cti_phone_command_registers_notifies_and_auto_answers(
+        phone_factory: PhoneFactory, lab_pbx: LabPbx) -> None:
+    password = lab_pbx.agents["agent2"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cti.softphone.cli",
+        "--server", f"{lab_pbx.host}:{lab_pbx.sip_port}", "--user", "agent2",
+        "--auto-answer", "--no-notify-send", "--exit-after-calls", "1",
+        cwd=ROOT, env={**os.environ, "CTI_PHONE_PASSWORD": password},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    seen: list[str] = []
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        async with asyncio.timeout(60):
+            await _read_until(proc.stdout, "Registered agent2", seen)
+            agent1 = await phone_factory("agent1")
+            await agent1.call(f"sip:1002@{lab_pbx.host}:{lab_pbx.sip_port}")
+            await agent1.wait_state("connected", T)
+            line = await _read_until(proc.stdout, "Incoming call:", seen)
+            assert line == "Incoming call: Agent 1 <1001>"
+            await _read_until(proc.stdout, "Call state: connected", seen)
+            await agent1.send_dtmf("5")
+            await agent1.hangup()
+            await _read_until(proc.stdout, "Call state: disconnected", seen)
+            rest, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        output = "\n".join(seen) + rest.decode() + err.decode()
+        assert password not in output
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_cti_phone_command_reports_a_refused_registration(lab_pbx: LabPbx) -> None:
+    secret = "wrong-" + lab_pbx.agents["agent3"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cti.softphone.cli",
+        "--server", f"{lab_pbx.host}:{lab_pbx.sip_port}", "--user", "agent3",
+        "--password", secret, "--no-notify-send",
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
+    assert proc.returncode == 2
+    text = out.decode() + err.decode()
+    assert "registration refused" in text and ("401" in text or "403" in text)
+    assert secret not in text

@@ -237,6 +237,7 @@ class GsmModem:
         return replace(self._health, outbox=len(self._outbox))
 
     async def events(self) -> AsyncIterator[ModemEvent]:
+        """The driver's events, in order. Meant for one consumer (events are not copied)."""
         while True:
             yield await self._events.get()
 

@@ -47,6 +47,12 @@ def test_submit_published_vector() -> None:
     assert submit.length == 23
 
 
+def test_the_emulator_codec_reads_the_published_submit_vector() -> None:
+    parsed = parse_submit("0011000B916407281553F80000AA0AE8329BFD4697D9EC37", 1)
+    assert (parsed.destination, parsed.text, parsed.status_report) == (
+        "+46708251358", "hellohello", False)
+
+
 @pytest.mark.parametrize("ref16", [False, True])
 @pytest.mark.parametrize("text", ["a", "hello", "1234567", "12345678", "x{y}z€" * 10])
 def test_gsm7_submit_with_udh_parsed_by_the_emulator(text: str, ref16: bool) -> None:

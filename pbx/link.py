@@ -364,7 +364,6 @@ class AmiLink:
             "CoreStatus", await self._send({"Action": "CoreStatus"}, s.resync_timeout))
         core = ev.decode_as(ev.CoreStatus, status)
         restarted = self._started is not None and core.started != self._started
-        self._started = core.started
         channels = await self._list({"Action": "CoreShowChannels"}, s.resync_timeout)
         queue_status = await self._list({"Action": "QueueStatus"}, s.resync_timeout)
         await self._list({"Action": "QueueSummary"}, s.resync_timeout)
@@ -377,6 +376,9 @@ class AmiLink:
             self._clock(),
         )
         self._publish(changes)
+        # Committed only now: an Asterisk still booting (app_queue not loaded yet)
+        # fails the resync, and the retry must still see the restart.
+        self._started = core.started
         return restarted
 
     # -- events -------------------------------------------------------------------
@@ -477,6 +479,7 @@ class AmiLink:
     async def redirect(self, channel: str, exten: str, context: str, priority: int = 1) -> None:
         """Blind transfer / take a caller out of a queue."""
         await self.action(act.redirect(channel, context, exten, priority))
+        self._publish(self.tracker.redirected(channel, exten, self._clock()))
 
     async def atxfer(self, channel: str, exten: str, context: str = "from-agents") -> None:
         await self.action(act.atxfer(channel, exten, context))

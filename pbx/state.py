@@ -219,6 +219,7 @@ class PbxTracker:
             ev.Hold: self._hold,
             ev.Unhold: self._unhold,
             ev.BridgeEnter: self._bridge_enter,
+            ev.BridgeLeave: self._bridge_leave,
             ev.QueueCallerJoin: self._caller_join,
             ev.QueueCallerLeave: self._caller_leave,
             ev.QueueCallerAbandon: self._caller_abandon,
@@ -398,14 +399,39 @@ class PbxTracker:
         call = self._call_of(e, at, out)
         if e.bridge_num_channels < 2 or call.state not in (S.RINGING, S.IN_IVR, S.TRANSFERRED):
             return
-        if e.channel == call.channel:
-            peers = [ch for ch in call.legs.values() if ch != call.channel]
-            agent = device_of(peers[-1]) if peers else None
-        else:
-            agent = device_of(e.channel)
-        if agent is not None and agent.startswith("Local/"):
-            agent = call.agent_interface
-        self._connect(call, None, agent, at, out)
+        self._connect(call, None, self._agent_among(call, e.channel), at, out)
+
+    def _agent_among(self, call: _Call, entering: str) -> str | None:
+        """The agent of a two-party bridge: a queue member's device among the legs
+        (click-to-dial rings the agent first, so the agent may be the first leg),
+        else the leg that is not the caller's."""
+        members = {i for q in self.queues.values() for i in q.members}
+        devices = [device_of(ch) for ch in call.legs.values()]
+        for device in devices:
+            if device in members:
+                return device
+        if entering != call.channel:
+            return device_of(entering)
+        peers = [d for d in devices[1:] if not d.startswith("Local/")]
+        return peers[-1] if peers else call.agent_interface
+
+    def _bridge_leave(self, e: ev.BridgeLeave, at: float, out: list[Change]) -> None:
+        call = self._call_of(e, at, out)
+        if e.channel == call.channel and call.state in (S.CONNECTED, S.ON_HOLD):
+            # The caller left the agent's bridge alive: a Redirect or a hangup
+            # (Hangup follows and ends the call) moves it back into the dialplan.
+            self._close_hold(call, at)
+            self._move(call, S.IN_IVR)
+
+    def redirected(self, channel: str, exten: str, at: float) -> list[Change]:
+        """The link redirected ``channel`` (a blind transfer done over AMI)."""
+        uniqueid = self._chan_leg.get(channel)
+        call = self._known_call(uniqueid) if uniqueid else None
+        if call is None or not self._move(call, S.TRANSFERRED):
+            return []
+        self._close_hold(call, at)
+        return [CallTransferred(pbx=self.pbx, call_id=call.call_id, kind="blind", target=exten,
+                                agent_interface=call.agent_interface, at=at)]
 
     def _connect(
         self, call: _Call, queue: str | None, agent: str | None, at: float, out: list[Change]
@@ -422,8 +448,8 @@ class PbxTracker:
         for other in list(call.offers):
             self._withdraw(call, other, "answered elsewhere", at, out)
         call.agent_interface = agent or call.agent_interface
-        call.answered_at = at
-        call.hold_total, call.hold_since = 0.0, None
+        if call.answered_at is None:
+            call.answered_at = at
         out.append(CallAnswered(
             pbx=self.pbx, call_id=call.call_id, queue=queue,
             agent_interface=call.agent_interface or "", wait=wait, ring=ring, at=at,

@@ -56,6 +56,7 @@ async def test_queue_call_answered_by_agent(
     await rec.wait_for(ch.QueueMemberChanged,
                        lambda c: c.interface == "PJSIP/agent1" and c.device_state == "INUSE")
 
+    await agent.wait_state("connected", 10)
     await agent.hold()
     await rec.wait_for(ch.CallHeld, lambda c: c.call_id == call_id and c.held)
     snap = link.call(call_id)

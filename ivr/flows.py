@@ -86,6 +86,10 @@ class IvrConfig:
     default_aht: float = 180.0
     min_wait: float = 30.0
     max_wait: float = 3600.0
+    # Periodic announcement: the dialplan's Queue() times out every ``announce_every``
+    # seconds (CTI_ANNOUNCE_EVERY), runs the ``announce`` flow, re-joins at its position.
+    announce_every: int = 120
+    offer_prompts: tuple[str, ...] = ("vm-press", "digits/1", "vm-press", "digits/2")
     # queue-exit
     deflect_ok_prompts: tuple[str, ...] = ("auth-thankyou", "goodbye")
     deflect_fail_prompt: str = "sorry"
@@ -258,11 +262,17 @@ async def _menu(
 
 
 async def _announce_wait(
-    session: AgiSession, ports: IvrPorts, rec: CallRecorder, queue: str, config: IvrConfig
+    session: AgiSession,
+    ports: IvrPorts,
+    rec: CallRecorder,
+    queue: str,
+    config: IvrConfig,
+    position: int | None = None,
 ) -> None:
     session.step = "announce"
     stats = await ports.queues.queue_stats(queue, session.environment.channel)
-    position = stats.waiting + 1  # the caller joins behind everyone waiting now
+    if position is None:
+        position = stats.waiting + 1  # the caller joins behind everyone waiting now
     wait = estimate_wait(stats, position, config)
     await session.set_variable("__CTI_ESTIMATED_WAIT", "" if wait is None else str(wait))
     if position == 1:
@@ -299,11 +309,36 @@ def make_inbound(config: IvrConfig = DEFAULT_CONFIG) -> Flow:
             await rec.record("queue", "none")
             return
         await session.set_variable("__CTI_QUEUE", queue)
+        await session.set_variable("__CTI_ANNOUNCE_EVERY", str(config.announce_every))
         await rec.record("queue", queue)
         await _announce_wait(session, ports, rec, queue, config)
         session.step = "done"
 
     return recording_hangups(inbound)
+
+
+def make_announce(config: IvrConfig = DEFAULT_CONFIG) -> Flow:
+    async def announce(session: AgiSession, ports: IvrPorts, rec: CallRecorder) -> None:
+        """Periodic: position (Asterisk's QUEUEPOSITION) and wait, then the 1 / 2 offer.
+
+        A digit pressed during the offer goes to ``CTI_EXIT_KEY`` (the dialplan
+        then continues in ``cti-queue-exit`` like a key pressed in the queue)."""
+        customer_id = await session.get_variable("CTI_CUSTOMER_ID")
+        if customer_id:
+            rec.customer = Customer(customer_id, "")
+        queue = await session.get_variable("CTI_QUEUE") or ""
+        position_text = await session.get_variable("QUEUEPOSITION") or ""
+        position = int(position_text) if position_text.isdigit() else None
+        if queue:
+            await _announce_wait(session, ports, rec, queue, config, position)
+        session.step = "offer"
+        digit = await session.play(list(config.offer_prompts), "12")
+        if digit:
+            await session.set_variable("CTI_EXIT_KEY", digit)
+            await rec.record("offer", f"pressed:{digit}")
+        session.step = "done"
+
+    return recording_hangups(announce)
 
 
 # ------------------------------------------------------------------- queue exit
@@ -431,4 +466,8 @@ def make_queue_exit(config: IvrConfig = DEFAULT_CONFIG) -> Flow:
 
 def default_routes(config: IvrConfig = DEFAULT_CONFIG) -> dict[str, Flow]:
     """Flow name (``agi://host:port/<name>``) -> flow."""
-    return {"inbound": make_inbound(config), "queue-exit": make_queue_exit(config)}
+    return {
+        "inbound": make_inbound(config),
+        "announce": make_announce(config),
+        "queue-exit": make_queue_exit(config),
+    }

@@ -48,6 +48,14 @@ class LabPbxError(RuntimeError):
     """The lab PBX could not be rendered, started or stopped."""
 
 
+class PortTaken(LabPbxError):
+    """Another process holds a port Asterisk was configured to bind."""
+
+    def __init__(self, kind: str, port: int) -> None:
+        super().__init__(f"{kind} port {port} is held by another process")
+        self.kind = kind
+
+
 @dataclass(frozen=True, slots=True)
 class LabAgent:
     name: str
@@ -195,6 +203,10 @@ class LabPbx:
         self.host = host
         self.sip_port = sip_port or free_port(host)
         self.ami_port = ami_port or free_port(host)
+        # Ports picked here may be grabbed by another process before Asterisk
+        # binds them; start() then picks new ones, but only once, before the
+        # first successful boot (restart tests need the same ports).
+        self._auto_ports = {"SIP": sip_port is None, "AMI": ami_port is None}
         self.ami_user = ami_user
         self.ami_secret = ami_secret or secrets.token_urlsafe(12)
         self.agi_host = agi_host
@@ -318,7 +330,27 @@ class LabPbx:
         if self.is_running():
             raise LabPbxError(f"lab PBX in {self.run_dir} is already running (pid {self.pid})")
         binary = self.asterisk_binary or find_asterisk()
-        self.render()
+        for attempt in range(1, 4):
+            self.render()
+            self._spawn(binary)
+            booted = False
+            try:
+                self._wait_fully_booted(time.monotonic() + self.boot_timeout)
+                booted = True
+            except PortTaken as exc:
+                if attempt == 3 or not self._auto_ports[exc.kind]:
+                    raise
+            finally:
+                if not booted:
+                    self.stop()
+            if booted:
+                break
+            self.sip_port = free_port(self.host) if self._auto_ports["SIP"] else self.sip_port
+            self.ami_port = free_port(self.host) if self._auto_ports["AMI"] else self.ami_port
+        self._auto_ports = {"SIP": False, "AMI": False}
+        self.save_state()
+
+    def _spawn(self, binary: str) -> None:
         with self.console_log.open("ab") as console:
             try:
                 self._process = subprocess.Popen(
@@ -332,24 +364,32 @@ class LabPbx:
             except OSError as exc:
                 raise LabPbxError(f"cannot run {binary}: {exc}") from exc
         self.pid = self._process.pid
-        booted = False
-        try:
-            self._wait_fully_booted(time.monotonic() + self.boot_timeout)
-            booted = True
-        finally:
-            if not booted:
-                self.stop()
-        self.save_state()
 
     def _wait_fully_booted(self, deadline: float) -> None:
+        """Log in to AMI once our Asterisk listens on the AMI port, then check SIP.
+
+        Ownership is read from /proc (the listening socket's inode among the
+        process's descriptors) so that a port grabbed by someone else is never
+        mistaken for ours, nor is another Asterisk's AMI logged into.
+        """
         last_error = "AMI never answered"
-        while time.monotonic() < deadline:
+        spawned = time.monotonic()
+        while self.pid is not None and time.monotonic() < deadline:
             if not self.is_running():
                 raise LabPbxError(
                     f"asterisk exited during boot (rc {self._returncode()}):\n{self.log_tail()}"
                 )
+            ours = _bound_ports(self.pid, "tcp", listening=True)
+            if self.ami_port not in ours:
+                if (time.monotonic() - spawned > 5.0
+                        and self.ami_port in _bound_ports(None, "tcp", listening=True)):
+                    raise PortTaken("AMI", self.ami_port)
+                time.sleep(0.05)
+                continue
             try:
                 if self._ami_fully_booted(deadline):
+                    if self.sip_port not in _bound_ports(self.pid, "udp", listening=False):
+                        raise PortTaken("SIP", self.sip_port)
                     return
                 last_error = "AMI login succeeded but FullyBooted did not arrive"
             except OSError as exc:
@@ -510,6 +550,37 @@ class LabPbx:
         pid = state.get("pid")
         pbx.pid = int(pid) if isinstance(pid, int) else None
         return pbx
+
+
+def _bound_ports(pid: int | None, table: str, *, listening: bool) -> set[int]:
+    """Local ports of ``table`` (tcp/udp) sockets, owned by ``pid`` (None: anyone)."""
+    inodes: set[str] | None = None
+    if pid is not None:
+        inodes = set()
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            return set()
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    ports: set[int] = set()
+    source = f"/proc/{pid}/net/{table}" if pid is not None else f"/proc/net/{table}"
+    try:
+        lines = Path(source).read_text().splitlines()[1:]
+    except OSError:
+        return ports
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 10:
+            continue
+        if listening and fields[3] != "0A":
+            continue
+        if inodes is None or fields[9] in inodes:
+            ports.add(int(fields[1].rpartition(":")[2], 16))
+    return ports
 
 
 def _pid_is_our_asterisk(pid: int, config_file: Path) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cti.lab import STATE_FILE, LabPbx, LabPbxError, render_templates
+from cti.lab import STATE_FILE, LabPbx, LabPbxError, PortTaken, render_templates
 from tests.peers.asterisk import LabPbxFactory
 from tests.peers.sipp import (
     Dtmf,
@@ -247,3 +248,25 @@ def test_a_missing_asterisk_binary_is_named_in_the_error(tmp_path: Path) -> None
     with pytest.raises(LabPbxError, match="no-such-asterisk"):
         pbx.start()
     assert pbx.pid is None
+
+
+def test_ports_grabbed_before_boot_are_replaced_or_reported(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        taken = squatter.getsockname()[1]
+        pbx = LabPbx(tmp_path / "auto", agents=1)
+        pbx.sip_port = taken  # as if someone grabbed the free port it picked
+        pbx.start()
+        try:
+            assert pbx.sip_port != taken and pbx.is_running()
+            assert f"127.0.0.1:{pbx.sip_port}" in pbx.cli("pjsip show transports")
+        finally:
+            pbx.stop()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        given = LabPbx(tmp_path / "given", agents=1, ami_port=port)
+        with pytest.raises(PortTaken, match=f"AMI port {port}"):
+            given.start()
+        assert given.pid is None and given.ami_port == port

@@ -317,6 +317,7 @@ class LabPbx:
             if not link.is_symlink() and not link.exists():
                 link.symlink_to(SYSTEM_DATA_DIR / name)
         write_moh_tone(self.run_dir / "moh" / "lab-chime.sln")
+        self.etc_dir.chmod(0o700)  # the rendered files hold the AMI and SIP secrets
         render_templates(self.template_params(), self.etc_dir)
 
     # -------------------------------------------------------------- process

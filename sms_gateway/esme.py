@@ -361,6 +361,12 @@ class SmppClient:
                     self._note_error(f"link lost: {exc}", warn=previous != "down")
                     if self._was_bound:
                         backoff = self.config.reconnect_min
+                except Exception as exc:
+                    # A failing outbox store or callback must not end the link task for
+                    # good: log the traceback, reset the session, reconnect after backoff.
+                    self._state = "down"
+                    self._last_error = f"session failed: {exc!r}"
+                    log.exception("%s: session failed", self.config.name)
                 finally:
                     await self._close(writer)
                     self._requeue_inflight()
@@ -544,8 +550,16 @@ class SmppClient:
 
     async def _set_status(self, message: OutboundSms) -> None:
         await self._outbox.update(message)
-        if self._on_status is not None:
+        if self._on_status is None:
+            return
+        try:
             await self._on_status(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The new status is stored; a failing listener must not reset the link
+            # (that would resend the window). It can re-read the outbox.
+            log.exception("%s: status callback failed for %s", self.config.name, message.key)
 
     # -- receiving -------------------------------------------------------------
 

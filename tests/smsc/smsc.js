@@ -43,6 +43,8 @@ const state = {
   messages: {},
   enquire_links: 0,
   deliver_resps: [],
+  outstanding: 0,
+  max_outstanding: 0,
 };
 let nextId = 0x10000;
 const recentAccepts = [];
@@ -205,7 +207,10 @@ const server = smpp.createServer((session) => {
     recentAccepts.push(now);
     const messageId = (nextId++).toString(16).toUpperCase();
     record(pdu, messageId, session);
+    state.outstanding++;
+    state.max_outstanding = Math.max(state.max_outstanding, state.outstanding);
     const answer = () => {
+      state.outstanding--;
       session.send(pdu.response({message_id: messageId}));
       if (config.auto_dlr) sendDlr({message_id: messageId, stat: 'DELIVRD'});
     };
@@ -253,6 +258,7 @@ const control = http.createServer((req, res) => {
         case '/reset':
           state.submits = [];
           state.messages = {};
+          state.max_outstanding = 0;
           return reply(res, 200, {});
         case '/die':
           reply(res, 200, {});

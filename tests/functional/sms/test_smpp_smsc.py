@@ -500,3 +500,18 @@ async def test_mo_handler_failure_loses_nothing(
     )
     await wait_until(lambda: _true(len(delivered) == 1), what="multipart delivered on retry")
     assert delivered[0].text == CYRILLIC_200 and delivered[0].complete
+
+
+async def test_window_bounds_outstanding_submits(
+    smsc: Smsc, harness_factory: Callable[..., Awaitable[Harness]]
+) -> None:
+    await smsc.configure(resp_delay_ms=30)
+    h = await harness_factory(window=4)
+    for i in range(40):
+        await h.client.send(f"w{i}", "79001234567", f"window {i}")
+
+    async def all_submitted() -> bool:
+        return all(m.status == "submitted" for m in h.outbox.all())
+
+    await wait_until(all_submitted, what="windowed messages submitted")
+    assert (await smsc.state())["max_outstanding"] == 4

@@ -208,3 +208,10 @@ def test_mo_reused_reference_with_new_content_is_a_new_message() -> None:
     first = [m for p in _mo_parts("ж" * 100, 7) for m in reasm.add(p, now=0)]
     second = [m for p in _mo_parts("щ" * 100, 7) for m in reasm.add(p, now=1)]
     assert [m.text for m in first + second] == ["ж" * 100, "щ" * 100]
+
+
+def test_in_memory_outbox_is_an_outbox_store() -> None:
+    from sms_gateway.outbox import OutboxStore
+
+    store: OutboxStore = InMemoryOutbox()
+    assert store is not None

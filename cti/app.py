@@ -43,6 +43,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         code = exc.reason.lower().replace(" ", "_")
         return _error(exc.status, code, exc.reason, {})
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return _error(500, "internal", "internal server error", {})
 
 
 async def _services_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -60,8 +60,12 @@ class Api:
     def auth(token: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}"}
 
+    admin_token: str = ""
+
     async def agent(self, login: str, endpoint: str | None = None, **extra: Any) -> str:
-        admin = await self.token(*ADMIN)
+        if not self.admin_token:
+            self.admin_token = await self.token(*ADMIN)
+        admin = self.admin_token
         body = {"login": login, "password": PASSWORD, "name": login.title(), **extra}
         if endpoint:
             body["endpoint"] = endpoint

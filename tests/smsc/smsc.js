@@ -10,6 +10,7 @@
 //   POST /dlr              {message_id, stat, id_format: "hex"|"dec", tlv: bool, date_digits: 10|12}
 //   POST /mo               {source, destination, text, coding: "gsm7"|"ucs2", per_part, order: [1-based seq...], ref}
 //   POST /garbage          {hex}  raw bytes written to every bound session
+//   POST /unbind           send unbind to every bound session
 //   POST /reset            clear recorded submits and messages
 //   POST /die              exit at once (the test may also kill the PID)
 
@@ -45,6 +46,8 @@ const state = {
   deliver_resps: [],
   outstanding: 0,
   max_outstanding: 0,
+  generic_nacks: [],
+  unbind_resps: 0,
 };
 let nextId = 0x10000;
 const recentAccepts = [];
@@ -217,6 +220,10 @@ const server = smpp.createServer((session) => {
     if (config.resp_delay_ms > 0) setTimeout(answer, config.resp_delay_ms);
     else answer();
   });
+  session.on('generic_nack', (pdu) => {
+    state.generic_nacks.push({sequence: pdu.sequence_number, status: pdu.command_status});
+  });
+  session.on('unbind_resp', () => { state.unbind_resps++; });
   session.on('pdu', (pdu) => {
     if (pdu.command === 'unknown' && !config.silent) session.send(pdu.response());
   });
@@ -253,6 +260,11 @@ const control = http.createServer((req, res) => {
         case '/garbage': {
           let n = 0;
           for (const s of sessions) { s.socket.write(Buffer.from(body.hex, 'hex')); n++; }
+          return reply(res, 200, {sent: n});
+        }
+        case '/unbind': {
+          let n = 0;
+          for (const s of sessions) { if (s.bound) { s.unbind(); n++; } }
           return reply(res, 200, {sent: n});
         }
         case '/reset':

@@ -515,3 +515,23 @@ async def test_window_bounds_outstanding_submits(
 
     await wait_until(all_submitted, what="windowed messages submitted")
     assert (await smsc.state())["max_outstanding"] == 4
+
+
+async def test_unknown_command_gets_generic_nack_and_unbind_reconnects(
+    smsc: Smsc, harness_factory: Callable[..., Awaitable[Harness]]
+) -> None:
+    h = await harness_factory()
+    await h.client.wait_bound()
+    # A well-framed PDU with an unknown command id: answered, the link stays up.
+    await smsc.acall("POST", "/garbage", {"hex": "0000001400000103000000000000abcd01020304"})
+
+    async def nacked() -> bool:
+        return bool((await smsc.state())["generic_nacks"])
+
+    await wait_until(nacked, what="generic_nack")
+    state = await smsc.state()
+    assert state["generic_nacks"] == [{"sequence": 0xABCD, "status": 3}]  # ESME_RINVCMDID
+    assert state["binds"] == 1 and h.client.health().state == "bound"
+    await smsc.acall("POST", "/unbind")
+    await wait_until(lambda: _binds_at_least(smsc, 2), what="rebind after unbind")
+    assert (await smsc.state())["unbind_resps"] == 1

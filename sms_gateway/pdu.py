@@ -287,14 +287,17 @@ def decode_pdu(frame: bytes) -> Pdu:
             address_range=r.cstring(MAX_ADDRESS_RANGE, "address_range"),
         )
     elif command_id & RESP and base in (BIND_TRANSCEIVER, BIND_TRANSMITTER, BIND_RECEIVER):
-        # An error response may come without a body.
-        system_id = r.cstring(MAX_SYSTEM_ID, "system_id") if r.remaining() else ""
-        body = BindResp(system_id, r.tlvs())
+        # Quirks: an error response may have no body or a broken one (ignored), and
+        # some SMSCs send a system_id longer than the 16 octets SMPP 3.4 allows.
+        if status != ESME_ROK or not r.remaining():
+            body = BindResp("")
+        else:
+            body = BindResp(r.cstring(MAX_MESSAGE_ID, "system_id"), r.tlvs())
     elif command_id in (SUBMIT_SM, DELIVER_SM):
         body = _decode_short_message(r)
     elif command_id in (SUBMIT_SM | RESP, DELIVER_SM | RESP):
-        message_id = r.cstring(MAX_MESSAGE_ID, "message_id") if r.remaining() else ""
-        body = MessageIdResp(message_id)
+        ok = status == ESME_ROK and r.remaining()
+        body = MessageIdResp(r.cstring(MAX_MESSAGE_ID, "message_id") if ok else "")
     return Pdu(command_id, sequence, status, body)
 
 

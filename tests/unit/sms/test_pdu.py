@@ -121,3 +121,13 @@ def test_tlv_lookup() -> None:
     assert SUBMIT.body is not None and isinstance(SUBMIT.body, P.ShortMessage)
     assert SUBMIT.body.tlv(P.TLV_SAR_MSG_REF_NUM) == b"\x00\x2a"
     assert SUBMIT.body.tlv(P.TLV_MESSAGE_PAYLOAD) is None
+
+
+def test_error_responses_with_broken_bodies_are_tolerated() -> None:
+    frame = bytes.fromhex("00000013800000040000004500000009414243")  # no NUL
+    assert P.decode_pdu(frame).body == P.MessageIdResp("")
+    long_id = b"S" * 30 + b"\x00"
+    bind = P.decode_pdu(
+        (16 + len(long_id)).to_bytes(4, "big") + bytes.fromhex("800000090000000000000001") + long_id
+    )
+    assert bind.body == P.BindResp("S" * 30)

@@ -131,3 +131,42 @@ def test_error_responses_with_broken_bodies_are_tolerated() -> None:
         (16 + len(long_id)).to_bytes(4, "big") + bytes.fromhex("800000090000000000000001") + long_id
     )
     assert bind.body == P.BindResp("S" * 30)
+
+
+class _SequenceSource:
+    """smpplib's PDU objects ask their client for sequence numbers; nothing else."""
+
+    def next_sequence(self) -> int:
+        return 1
+
+
+def test_cross_check_with_smpplib_codec() -> None:
+    import smpplib.smpp
+
+    from sms_gateway.receipts import parse_receipt
+
+    theirs = smpplib.smpp.parse_pdu(P.encode_pdu(SUBMIT), client=_SequenceSource())
+    assert SUBMIT.body is not None and isinstance(SUBMIT.body, P.ShortMessage)
+    assert theirs.command == "submit_sm" and theirs.sequence == 7
+    assert theirs.destination_addr == b"79001234567"
+    assert theirs.short_message == SUBMIT.body.short_message
+    assert (theirs.esm_class, theirs.data_coding, theirs.sar_msg_ref_num) == (0x40, 8, 42)
+
+    bind = smpplib.smpp.make_pdu(
+        "bind_transceiver", client=_SequenceSource(), system_id="cti", password="pw"
+    )
+    assert P.decode_pdu(bind.generate()).body == P.Bind("cti", "pw")
+    receipt = smpplib.smpp.make_pdu(
+        "deliver_sm",
+        client=_SequenceSource(),
+        source_addr="7900",
+        destination_addr="CTI",
+        short_message=b"id:1f stat:UNDELIV err:001",
+        esm_class=4,
+        receipted_message_id="1F",
+        message_state=5,
+    )
+    ours = P.decode_pdu(receipt.generate())
+    assert isinstance(ours.body, P.ShortMessage)
+    parsed = parse_receipt(ours.body)
+    assert (parsed.message_id, parsed.state, parsed.error) == ("1F", "failed", "001")

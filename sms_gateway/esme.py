@@ -276,7 +276,11 @@ class SmppClient:
     async def start(self) -> None:
         """Load unfinished messages from the outbox and start the link task."""
         for message in await self._outbox.unfinished(self.config.name):
-            self._enqueue(message)
+            try:
+                self._enqueue(message)
+            except SmsEncodingError as exc:
+                # The configuration changed (max_parts, payload mode) since it was queued.
+                await self._set_status(replace(message, status="failed", error=str(exc)))
         self._task = asyncio.create_task(self.run(), name=f"smpp-{self.config.name}")
 
     async def stop(self) -> None:

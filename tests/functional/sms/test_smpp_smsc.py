@@ -535,3 +535,23 @@ async def test_unknown_command_gets_generic_nack_and_unbind_reconnects(
     await smsc.acall("POST", "/unbind")
     await wait_until(lambda: _binds_at_least(smsc, 2), what="rebind after unbind")
     assert (await smsc.state())["unbind_resps"] == 1
+
+
+async def test_stored_message_that_no_longer_fits_fails_at_start(smsc: Smsc) -> None:
+    h = Harness(smsc, max_parts=2)
+    await h.outbox.add(
+        OutboundSms(
+            "old",
+            "79001234567",
+            CYRILLIC_200,
+            gateway="smpp",
+            smsc_ids=(None, None, None),
+            part_states=(None, None, None),
+        )
+    )
+    await h.client.start()
+    try:
+        assert await h.status_of("old") == "failed"
+        assert h.statuses == [("old", "failed")]
+    finally:
+        await h.client.stop()

@@ -114,7 +114,7 @@ INT_FIELDS = frozenset({
     "longest_hold_time", "current_calls",
 })
 
-_Spec = tuple[tuple[str, str, bool, Callable[[str], Any]], ...]
+_Spec = tuple[tuple[str, str, str, bool, Callable[[str], Any]], ...]
 EVENT_TYPES: dict[str, type[AmiEvent]] = {}
 
 
@@ -140,7 +140,8 @@ def _event(name: str) -> Callable[[type[Any]], type[Any]]:
                 continue
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             conv = _as_int if f.name in INT_FIELDS else _as_str
-            spec.append((f.name, HEADER_NAMES[f.name], required, conv))
+            header = HEADER_NAMES[f.name]
+            spec.append((f.name, header.lower(), header, required, conv))
         cls.NAME = name
         cls.SPEC = tuple(spec)
         EVENT_TYPES[name.lower()] = cls
@@ -480,10 +481,10 @@ E = TypeVar("E", bound=AmiEvent)
 
 def decode_as(cls: type[E], msg: AmiMessage) -> E:
     """Decode ``msg`` as ``cls``; missing required headers raise :class:`EventError`."""
-    lookup = msg.get
+    lookup = msg.lowered.get
     kwargs: dict[str, Any] = {}
-    for name, header, required, conv in cls.SPEC:
-        value = lookup(header)
+    for name, key, header, required, conv in cls.SPEC:
+        value = lookup(key)
         if value is None:
             if required:
                 kind = msg.get("Event") or msg.get("Response") or "message"

@@ -12,6 +12,7 @@ parser is dead (the link resets the connection and reconnects).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -55,10 +56,7 @@ class AmiMessage(Mapping[str, str]):
 
     def __init__(self, headers: tuple[tuple[str, str], ...]) -> None:
         self.headers = headers
-        first: dict[str, str] = {}
-        for key, value in headers:
-            first.setdefault(key.lower(), value)
-        self._first = first
+        self._first = {k.lower(): v for k, v in reversed(headers)}  # the first value wins
 
     def __getitem__(self, key: str) -> str:
         try:
@@ -81,6 +79,11 @@ class AmiMessage(Mapping[str, str]):
 
     def __len__(self) -> int:
         return len(self._first)
+
+    @property
+    def lowered(self) -> Mapping[str, str]:
+        """First value of each header, keyed by the lower-case header name."""
+        return self._first
 
     def get_all(self, key: str) -> tuple[str, ...]:
         k = key.lower()
@@ -110,27 +113,30 @@ class AmiMessage(Mapping[str, str]):
         return hash(self.headers)
 
 
+_HEADER = re.compile(r"([^:\r\n]*):[ ]?([^\r\n]*)")
+
+
 def decode_message(block: bytes, limits: FrameLimits = FrameLimits()) -> AmiMessage:
-    """Decode one message (without its terminating empty line)."""
-    headers: list[tuple[str, str]] = []
-    for raw in block.split(_EOL):
-        line = raw.strip(b"\r\n")
-        if not line:
-            continue
-        if len(line) > limits.max_line:
-            raise AmiFramingError(f"AMI header line longer than {limits.max_line} bytes")
-        key, sep, value = line.partition(b":")
-        if not sep:
-            # A line with no colon (old "Response: Follows" body text): kept, keyless.
-            headers.append(("", line.decode("utf-8", "replace")))
-        else:
-            if value[:1] == b" ":
-                value = value[1:]
-            name = key.strip().decode("utf-8", "replace")
-            headers.append((name, value.decode("utf-8", "replace")))
-        if len(headers) > limits.max_headers:
-            raise AmiFramingError(f"AMI message has more than {limits.max_headers} headers")
-    return AmiMessage(tuple(headers))
+    """Decode one complete message (without its terminating empty line)."""
+    if len(block) > limits.max_line:  # only then can one line be too long
+        for raw in block.split(_EOL):
+            if len(raw) > limits.max_line:
+                raise AmiFramingError(f"AMI header line longer than {limits.max_line} bytes")
+    # The block is complete, so decoding it whole never splits a character.
+    text = block.decode("utf-8", "replace")
+    pairs = _HEADER.findall(text)
+    if len(pairs) != text.count("\n") + 1:  # empty or colon-less lines: the slow path
+        pairs = []
+        for line in text.split("\n"):
+            line = line.strip("\r")
+            if line:
+                key, sep, value = line.partition(":")
+                # A line with no colon (old "Response: Follows" body): kept, keyless.
+                pairs.append((key, value[1:] if value[:1] == " " else value) if sep
+                             else ("", line))
+    if len(pairs) > limits.max_headers:
+        raise AmiFramingError(f"AMI message has more than {limits.max_headers} headers")
+    return AmiMessage(tuple(pairs))
 
 
 class AmiParser:

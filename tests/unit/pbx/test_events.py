@@ -54,7 +54,7 @@ def test_core_status_response() -> None:
 def test_every_registered_event_names_known_headers() -> None:
     for name, cls in ev.EVENT_TYPES.items():
         assert cls.NAME.lower() == name
-        assert all(header for _, header, _, _ in cls.SPEC)
+        assert all(key == header.lower() for _, key, header, _, _ in cls.SPEC)
 
 
 def test_event_time_uses_timestamp_header() -> None:

@@ -143,3 +143,10 @@ def test_messages_are_immutable() -> None:
     (msg,) = AmiParser(expect_banner=False).messages(b"Event: X\r\n\r\n")
     with pytest.raises(TypeError):
         msg["Event"] = "Y"  # type: ignore[index]
+
+
+def test_spacing_variants_and_colons_in_values() -> None:
+    (msg,) = AmiParser(expect_banner=False).messages(
+        b"Event: X\r\nA:1\r\nB:  two\r\nURI: sip:a@b:5060\r\nEmpty:\r\n\r\n")
+    assert msg["A"] == "1" and msg["B"] == " two" and msg["URI"] == "sip:a@b:5060"
+    assert msg["Empty"] == ""

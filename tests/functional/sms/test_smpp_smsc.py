@@ -555,3 +555,20 @@ async def test_stored_message_that_no_longer_fits_fails_at_start(smsc: Smsc) -> 
         assert h.statuses == [("old", "failed")]
     finally:
         await h.client.stop()
+
+
+async def test_smsc_down_backs_off_with_one_warning(
+    smsc: Smsc,
+    harness_factory: Callable[..., Awaitable[Harness]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = await harness_factory(reconnect_min=0.05, reconnect_max=0.2)
+    await h.client.wait_bound()
+    smsc.kill()
+    await wait_until(lambda: _true(h.client.health().reconnects >= 6), what="reconnect attempts")
+    assert h.client.health().state in ("down", "connecting")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "link lost" in warnings[0]  # the failed reconnects: debug
+    assert "connect failed" in h.client.health().last_error
+    smsc.start()
+    await wait_until(lambda: _true(h.client.health().state == "bound"), what="bound again")

@@ -8,7 +8,8 @@
 //   GET  /state            submits, reassembled messages, counters
 //   POST /config           {bind_status, resp_delay_ms, throttle_tps, silent, auto_dlr}
 //   POST /dlr              {message_id, stat, id_format: "hex"|"dec", tlv: bool, date_digits: 10|12}
-//   POST /mo               {source, destination, text, coding: "gsm7"|"ucs2", per_part, order: [1-based seq...], ref}
+//   POST /mo               {source, destination, text, coding: "gsm7"|"ucs2", per_part,
+//                           order: [1-based seq...], ref, ref16}
 //   POST /garbage          {hex}  raw bytes written to every bound session
 //   POST /unbind           send unbind to every bound session
 //   POST /reset            clear recorded submits and messages
@@ -144,22 +145,29 @@ function ucs2(text) {
 }
 
 function sendMo(opts) {
+  // Parts are cut by raw units (UCS-2 code units or GSM septets) as a careless
+  // phone would: a GSM escape pair or a surrogate pair may straddle two parts.
   const coding = opts.coding || 'ucs2';
-  if (coding !== 'ucs2') throw new Error('only ucs2 MO is supported');
-  const perPart = opts.per_part || 67;
-  const units = ucs2(opts.text);
+  const gsm = coding === 'gsm7';
+  const perPart = opts.per_part || (gsm ? 153 : 67);
+  const units = gsm ? smpp.encodings.ASCII.encode(opts.text) : ucs2(opts.text);
+  const unitSize = gsm ? 1 : 2;
   const chunks = [];
-  for (let i = 0; i < units.length; i += perPart * 2) chunks.push(units.slice(i, i + perPart * 2));
+  for (let i = 0; i < units.length; i += perPart * unitSize) {
+    chunks.push(units.slice(i, i + perPart * unitSize));
+  }
   const ref = opts.ref === undefined ? 0x2a : opts.ref;
   const order = opts.order || chunks.map((_, i) => i + 1);
   let sent = 0;
   for (const seq of order) {
-    const udh = Buffer.from([5, 0, 3, ref, chunks.length, seq]);
+    const udh = opts.ref16
+      ? Buffer.from([6, 8, 4, ref >> 8, ref & 0xff, chunks.length, seq])
+      : Buffer.from([5, 0, 3, ref, chunks.length, seq]);
     const pdu = new smpp.PDU('deliver_sm', {
       source_addr: opts.source,
       destination_addr: opts.destination,
       esm_class: chunks.length > 1 ? 0x40 : 0,
-      data_coding: 8,
+      data_coding: gsm ? 0 : 8,
       short_message: chunks.length > 1 ? Buffer.concat([udh, chunks[seq - 1]]) : chunks[0],
     });
     for (const s of sessions) {

@@ -572,3 +572,26 @@ async def test_smsc_down_backs_off_with_one_warning(
     assert "connect failed" in h.client.health().last_error
     smsc.start()
     await wait_until(lambda: _true(h.client.health().state == "bound"), what="bound again")
+
+
+async def test_mo_gsm7_16_bit_reference_with_escape_across_parts(
+    smsc: Smsc, harness_factory: Callable[..., Awaitable[Harness]]
+) -> None:
+    h = await harness_factory()
+    await h.client.wait_bound()
+    text = "a" * 152 + "€ costs {5}" + "b" * 20  # the escape pair of € straddles parts 1-2
+    await smsc.acall(
+        "POST",
+        "/mo",
+        {
+            "source": "79005550002",
+            "destination": "CTI",
+            "text": text,
+            "coding": "gsm7",
+            "ref16": True,
+            "ref": 0x1234,
+            "order": [2, 1],
+        },
+    )
+    await wait_until(lambda: _true(len(h.incoming) == 1), what="GSM-7 MO message")
+    assert h.incoming[0].text == text and h.incoming[0].complete

@@ -568,7 +568,9 @@ class SmppClient:
     # -- receiving -------------------------------------------------------------
 
     async def _on_deliver(self, sm: P.ShortMessage) -> int:
-        if sm.esm_class & P.ESM_CLASS_TYPE_MASK == P.ESM_CLASS_DELIVERY_RECEIPT:
+        # Any message type other than "normal" (receipt 0x04, intermediate notification
+        # 0x20, SME acknowledgements) is a report about a message we sent, never MO text.
+        if sm.esm_class & P.ESM_CLASS_TYPE_MASK:
             await self._on_receipt(sm)
             return P.ESME_ROK
         # Handler failure: a single-part message is refused with ESME_RX_T_APPN so the

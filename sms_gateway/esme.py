@@ -48,6 +48,7 @@ from sms_gateway.encoding import (
 )
 from sms_gateway.mo import IncomingSms, MoReassembler
 from sms_gateway.outbox import FINAL_STATUSES, OutboundSms, OutboxStore
+from sms_gateway.receipts import FINAL_STATES as FINAL_PART_STATES
 from sms_gateway.receipts import ReceiptError, combine_states, id_forms, parse_receipt
 
 log = logging.getLogger(__name__)
@@ -614,6 +615,11 @@ class SmppClient:
             log.info("%s: receipt for unknown message id %r", self.config.name, receipt.message_id)
             return
         message, index = found
+        if (
+            message.part_states[index] in FINAL_PART_STATES
+            and receipt.state not in FINAL_PART_STATES
+        ):
+            return  # a late intermediate notification never undoes a final receipt
         message = message.with_part_state(index, receipt.state)
         combined = combine_states(list(message.part_states))
         if combined is not None and message.status not in FINAL_STATUSES:

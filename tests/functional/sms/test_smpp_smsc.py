@@ -127,6 +127,11 @@ async def test_per_part_receipts_combine_into_one_delivered_status(
     await smsc.acall("POST", "/dlr", {"message_id": ids[2], "stat": "DELIVRD", "tlv": True})
     await wait_until(lambda: _status_is(h, "dlr", "delivered"), what="delivered")
     assert h.statuses == [("dlr", "submitted"), ("dlr", "delivered")]
+    # A late intermediate notification does not undo a final receipt.
+    await smsc.acall("POST", "/dlr", {"message_id": ids[0], "stat": "ENROUTE"})
+    await wait_until(lambda: _deliver_resps(smsc, 4), what="late notification answered")
+    late = await h.outbox.get("dlr")
+    assert late is not None and late.part_states == ("delivered",) * 3
     # A receipt for an unknown id is counted and answered, nothing else changes.
     await smsc.acall("POST", "/dlr", {"message_id": "DEADBEEF", "stat": "UNDELIV"})
     await wait_until(

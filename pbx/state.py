@@ -627,6 +627,8 @@ class PbxTracker:
         call.touched = self._seq
         self._close_hold(call, at)
         target = device_of(e.transfer_target_channel) if e.transfer_target_channel else ""
+        if target.startswith("Local/"):
+            target = ""  # the real target joins through a Local channel: see _bridge_enter
         uniqueid = self._chan_leg.get(e.transfer_target_channel)
         if uniqueid is not None:  # the target's leg joins the transferee's call
             old = self._known_call(uniqueid)

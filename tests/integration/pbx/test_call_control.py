@@ -99,7 +99,7 @@ async def test_click_to_dial_agent_first_then_customer(
     assert ended.agent_interface == "PJSIP/agent1" and ended.durations.talk > 0
 
 
-async def test_blind_transfer_between_agents(
+async def test_blind_then_attended_transfer_between_agents(
     lab_pbx: Any, lab_link: tuple[AmiLink, Recorder], sipp_caller: Any, phone_factory: Any
 ) -> None:
     link, rec = lab_link
@@ -115,7 +115,9 @@ async def test_blind_transfer_between_agents(
     first = await rec.wait_for(ch.CallAnswered, lambda c: c.call_id == call_id)
     assert first.agent_interface == "PJSIP/agent1"
 
-    # blind: the CTI redirects the customer to agent2's extension
+    # blind: the CTI redirects the customer to agent2's extension. BRIDGE_FEATURES
+    # enables the DTMF transfer features (which Atxfer drives) in the next bridge.
+    await link.setvar("BRIDGE_FEATURES", "tT", started.channel)
     await link.redirect(started.channel, lab_pbx.agent_exten("agent2"), "from-agents")
     blind = await rec.wait_for(ch.CallTransferred, lambda c: c.call_id == call_id)
     assert blind.kind == "blind" and blind.agent_interface == "PJSIP/agent1"
@@ -125,11 +127,26 @@ async def test_blind_transfer_between_agents(
                                 and c.agent_interface == "PJSIP/agent2")
     assert second.queue is None
     await wait_until(lambda: agent1.state in ("idle", "disconnected"), 10, "agent1 released")
+
+    # attended: agent2 consults agent1, then hangs up to complete the transfer
     snap = link.call(call_id)
-    assert snap is not None and snap.state is ch.CallState.CONNECTED
-    assert snap.agent_interface == "PJSIP/agent2"
+    assert snap is not None and snap.agent_interface == "PJSIP/agent2"
+    agent2_leg = next(leg for leg in snap.legs if leg.startswith("PJSIP/agent2-"))
+    await link.atxfer(agent2_leg, lab_pbx.agent_exten("agent1"))
+    await agent1.wait_for_incoming(20)
+    await agent1.answer()
+    await agent1.wait_state("connected", 10)
+    await agent2.hangup()
+    attended = await rec.wait_for(ch.CallTransferred, lambda c: c.call_id == call_id
+                                  and c.kind == "attended")
+    assert attended.agent_interface == "PJSIP/agent2"
+    await rec.wait_for(ch.CallAnswered, lambda c: c.call_id == call_id
+                       and c.agent_interface == "PJSIP/agent1" and c.at >= attended.at)
+    await wait_until(lambda: (s := link.call(call_id)) is not None
+                     and s.state is ch.CallState.CONNECTED
+                     and s.agent_interface == "PJSIP/agent1", 10, "connected to agent1")
     await link.hangup(started.channel)
     ended = await rec.wait_for(ch.CallEnded, lambda c: c.call_id == call_id)
-    assert ended.agent_interface == "PJSIP/agent2" and ended.queue == "support"
+    assert ended.agent_interface == "PJSIP/agent1" and ended.queue == "support"
     assert ended.durations.talk > 0
     assert len(rec.of(ch.CallEnded, lambda c: c.call_id == call_id)) == 1

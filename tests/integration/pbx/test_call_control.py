@@ -150,3 +150,36 @@ async def test_blind_then_attended_transfer_between_agents(
     assert ended.agent_interface == "PJSIP/agent1" and ended.queue == "support"
     assert ended.durations.talk > 0
     assert len(rec.of(ch.CallEnded, lambda c: c.call_id == call_id)) == 1
+
+
+async def test_attended_transfer_cancelled(
+    lab_pbx: Any, lab_link: tuple[AmiLink, Recorder], sipp_caller: Any, phone_factory: Any
+) -> None:
+    link, rec = lab_link
+    agent1 = await phone_factory("agent1")
+    agent2 = await phone_factory("agent2")
+    await _ready(link, "PJSIP/agent1")
+    await _ready(link, "PJSIP/agent2")
+    sipp_caller(number="100", caller_number="+79160000002", hangup_after=90)
+    started = await rec.wait_for(ch.CallStarted, lambda c: c.caller_number == "+79160000002")
+    call_id = started.call_id
+    await rec.wait_for(ch.CallQueued, lambda c: c.call_id == call_id)
+    await link.setvar("BRIDGE_FEATURES", "tT", started.channel)
+    await agent1.wait_for_incoming(20)
+    await agent1.answer()
+    await rec.wait_for(ch.CallAnswered, lambda c: c.call_id == call_id)
+    await agent1.wait_state("connected", 10)
+    snap = link.call(call_id)
+    assert snap is not None
+    agent1_leg = next(leg for leg in snap.legs if leg.startswith("PJSIP/agent1-"))
+    await link.atxfer(agent1_leg, lab_pbx.agent_exten("agent2"))
+    await agent2.wait_for_incoming(20)
+    await link.cancel_atxfer(agent1_leg)
+    await wait_until(lambda: agent2.state in ("idle", "disconnected"), 15, "agent2 released")
+    snap = link.call(call_id)
+    assert snap is not None and snap.state is ch.CallState.CONNECTED
+    assert snap.agent_interface == "PJSIP/agent1"
+    assert rec.of(ch.CallTransferred, lambda c: c.call_id == call_id) == []
+    await link.hangup(started.channel)
+    ended = await rec.wait_for(ch.CallEnded, lambda c: c.call_id == call_id)
+    assert ended.agent_interface == "PJSIP/agent1"

@@ -183,3 +183,29 @@ async def test_secret_never_logged_on_refused_login(
         assert "refused" in caplog.text
     finally:
         await link.stop()
+
+
+async def test_slow_answer_gives_unknown_outcome_and_the_late_response_is_dropped(
+    server: ScriptedAmi,
+) -> None:
+    loop = asyncio.get_running_loop()
+
+    def slow(msg: AmiMessage) -> bytes | None:
+        late = frame(("Response", "Success"), ("ActionID", msg["ActionID"]),
+                     ("Variable", "X"), ("Value", "late"))
+        writer = server.writers[-1]
+        loop.call_later(FAST.action_timeout + 0.5, writer.write, late)
+        return None
+
+    server.responders["getvar"] = slow
+    link = AmiLink("p", server.url, FAST)
+    try:
+        await link.start()
+        await link.wait_up(10)
+        with pytest.raises(UnknownOutcome, match="no answer in time"):
+            await link.getvar("X")
+        await asyncio.sleep(1.0)  # the late answer arrives and is ignored
+        assert link.health().up and link.health().connects == 1
+        assert len(server.named("Getvar")) == 1
+    finally:
+        await link.stop()

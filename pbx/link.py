@@ -55,6 +55,7 @@ from pbx.framing import AmiFramingError, AmiMessage, AmiParser, FrameLimits
 from pbx.state import CallSnapshot, PbxTracker, QueueSnapshot
 
 log = logging.getLogger("pbx.link")
+_MAX_CORRELATIONS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +214,7 @@ class AmiLink:
         self._connects = 0
         self._started: str | None = None
         self._bad_events = 0
-        self._correlations: set[str] = set()
+        self._correlations: dict[str, None] = {}  # insertion-ordered set
         self._ready = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -459,7 +460,9 @@ class AmiLink:
             agent_interface, number, context=self.originate_context,
             correlation_id=correlation_id, caller_id=caller_id, timeout=ring_timeout,
             variables=variables)
-        self._correlations.add(correlation_id)
+        self._correlations[correlation_id] = None
+        if len(self._correlations) > _MAX_CORRELATIONS:  # bounded: forget the oldest
+            self._correlations.pop(next(iter(self._correlations)))
         result = await self._send_raw(action, ring_timeout + self.settings.action_timeout, None)
         msgs = result if isinstance(result, list) else [result]
         act.check_response("Originate", msgs[0])

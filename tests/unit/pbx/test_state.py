@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -276,3 +277,30 @@ def test_recorded_lab_transcript_replays_to_a_consistent_state() -> None:
     assert tracker.calls == {}
     q = tracker.queue_snapshot("support", 0.0)
     assert q is not None and q.waiting == () and q.completed == 2 and q.abandoned == 1
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_shuffled_and_lossy_streams_never_crash_and_end_every_call_once(seed: int) -> None:
+    rng = random.Random(seed)
+    data = (FIXTURE.parent / "lab_queue_calls.txt").read_bytes()
+    decoded = []
+    for msg in AmiParser().messages(data):
+        event = ev.decode_event(msg)
+        if event is not None:
+            decoded.append((event, ev.event_time(msg, 0.0)))
+    stream = [d for d in decoded if rng.random() > 0.3]  # lose 30 % of the events
+    for _ in range(len(stream) // 5):  # and swap some neighbours
+        i = rng.randrange(len(stream) - 1)
+        stream[i], stream[i + 1] = stream[i + 1], stream[i]
+    tracker = PbxTracker("f")
+    changes: list[ch.Change] = []
+    for event, at in stream:
+        changes += tracker.apply(event, at)
+    tracker.begin_resync()
+    changes += tracker.finish_resync([], [], [], [], 2e9)  # the PBX came back empty
+    started = [c.call_id for c in changes if isinstance(c, ch.CallStarted)]
+    ended = [c.call_id for c in changes if isinstance(c, ch.CallEnded)]
+    assert sorted(started) == sorted(ended) and len(set(ended)) == len(ended)
+    assert tracker.calls == {}
+    assert all(c.durations.talk >= 0 and c.durations.wait >= 0
+               for c in changes if isinstance(c, ch.CallEnded))

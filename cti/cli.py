@@ -19,11 +19,18 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _available(module_name: str) -> bool:
+    try:
+        return importlib.util.find_spec(module_name) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cti", description="Omnichannel CTI server for Asterisk")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        if importlib.util.find_spec(module_name) is None:
+        if not _available(module_name):
             continue
         module = importlib.import_module(module_name)
         sp = sub.add_parser(name, help=help_text, description=help_text)

@@ -75,9 +75,7 @@ def _check(message: OutboundSms) -> None:
 
 
 def _to_message(row: SmsOutboxRow) -> OutboundSms:
-    states = tuple(
-        cast(PartState, s) if s in _PART_STATES else None for s in row.part_states or []
-    )
+    states = tuple(cast(PartState, s) if s in _PART_STATES else None for s in row.part_states or [])
     return OutboundSms(
         key=row.key,
         destination=row.destination,

@@ -1,0 +1,241 @@
+"""SMS as a channel of the contact center: the SMPP links wired into cti's services.
+
+``sms_links()`` returns an aiohttp ``cleanup_ctx`` that, for every configured
+SMPP link (``settings.smpp``), starts an ``SmppClient`` on the database outbox
+and wires it into the seams of ``cti.services.Services``:
+
+- inbound (MO) messages -> ``inbox.receive("sms", ...)`` (customer
+  identification, the open SMS conversation or a new one, assignment,
+  ``screen_pop`` with channel ``sms``). A sender who is waiting in a voice
+  queue first gets that call deflected to SMS (``inbox.deflect_call``), so the
+  text joins the caller's context and keeps their place in line;
+- agent replies: ``conversations.outbound`` sends SMS through the outbox
+  (other channels go to the sender that was there before);
+- status steps -> the customer's history (``sms_status``), final receipts ->
+  ``inbox.delivery_status`` (history ``delivery_status`` + the agent's socket);
+- health -> ``links.register(f"smpp:{name}", ...)``, replacing the placeholder.
+
+The outbox key of a reply is ``c<conversation id>-<random>``: the conversation
+a receipt belongs to is read back from the key, with no extra lookup table.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import select
+
+from cti.config import SmppLink
+from cti.conversations import OutboundSender
+from cti.errors import InvalidInput
+from cti.history import HistoryEntry
+from cti.identities import IdentityKind
+from cti.keys import SERVICES
+from cti.models import Conversation
+from cti.services import LinkProbe, Services
+from cti.sms_outbox import DatabaseOutbox
+from sms_gateway.encoding import EmptyMessageError, MessageTooLongError, SmsEncodingError
+from sms_gateway.esme import InvalidDestinationError, SmppClient, SmppConfig
+from sms_gateway.mo import IncomingSms
+from sms_gateway.outbox import FINAL_STATUSES, OutboundSms
+from sms_gateway.routing import NoRouteError, Route, SmsRouter
+
+log = logging.getLogger(__name__)
+
+SmppTuning = Callable[[SmppLink], SmppConfig]
+CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
+_KEY = re.compile(r"^c(\d{1,18})-[0-9a-f]{32}$")
+
+
+def default_config(link: SmppLink) -> SmppConfig:
+    """The ESME settings from a configured link (ESME defaults for the rest)."""
+    return SmppConfig(
+        host=link.host,
+        port=link.port,
+        system_id=link.system_id,
+        password=link.password,
+        name=link.name,
+    )
+
+
+def conversation_of(key: str) -> int | None:
+    match = _KEY.match(key)
+    return int(match.group(1)) if match else None
+
+
+class SmsChannel:
+    """The SMPP clients of one server and their wiring into ``Services``."""
+
+    def __init__(self, services: Services, configs: list[SmppConfig]) -> None:
+        self._services = services
+        self._outbox = DatabaseOutbox(services.sessions)
+        self.clients: dict[str, SmppClient] = {
+            config.name: SmppClient(
+                config, self._outbox, on_status=self.on_status, on_incoming=self.on_incoming
+            )
+            for config in configs
+        }
+        self._router = SmsRouter(self.clients, [Route(name) for name in self.clients])
+        self._previous: OutboundSender = services.conversations.outbound
+
+    async def start(self) -> None:
+        for name, client in self.clients.items():
+            self._services.links.register(f"smpp:{name}", self._probe(client))
+        self._services.conversations.outbound = self
+        for client in self.clients.values():
+            await client.start()
+
+    async def stop(self) -> None:
+        if self._services.conversations.outbound is self:
+            self._services.conversations.outbound = self._previous
+        for client in self.clients.values():
+            await client.stop()
+
+    def _probe(self, client: SmppClient) -> LinkProbe:
+        async def probe() -> dict[str, Any]:
+            health = client.health()
+            return {
+                "kind": "smpp",
+                "up": health.state == "bound",
+                "server": f"{client.config.host}:{client.config.port}",
+                "state": health.state,
+                "detail": health.last_error,
+                "bind_failures": health.bind_failures,
+                "reconnects": health.reconnects,
+                "in_flight": health.in_flight,
+                "queued_parts": health.queued_parts,
+                "submitted_parts": health.submitted_parts,
+                "resent_after_drop": health.resent_after_drop,
+                "unknown_receipts": health.unknown_receipts,
+            }
+
+        return probe
+
+    # -- outbound (conversations.outbound) --------------------------------------
+
+    async def send(self, channel: str, contact: str, text: str, conversation_id: int) -> str:
+        if channel != "sms":
+            return await self._previous.send(channel, contact, text, conversation_id)
+        key = f"c{conversation_id}-{uuid.uuid4().hex}"
+        try:
+            message = await self._router.send(key, contact, text)
+        except MessageTooLongError as exc:
+            raise InvalidInput(
+                f"the text needs {exc.parts_needed} SMS parts, at most {exc.max_parts} allowed",
+                field="text",
+                max_parts=exc.max_parts,
+                parts_needed=exc.parts_needed,
+            ) from None
+        except EmptyMessageError:
+            raise InvalidInput("the text is empty", field="text") from None
+        except SmsEncodingError as exc:
+            raise InvalidInput(str(exc), field="text") from None
+        except InvalidDestinationError:
+            raise InvalidInput(
+                "the conversation's contact is not a phone number SMS can reach",
+                field="contact",
+            ) from None
+        except NoRouteError:
+            raise InvalidInput("no SMS gateway serves this number", field="contact") from None
+        await self._record(message, conversation_id)
+        return message.status
+
+    # -- status steps (ESME on_status) ----------------------------------------
+
+    async def on_status(self, message: OutboundSms) -> None:
+        conversation_id = conversation_of(message.key)
+        if conversation_id is None:
+            return  # not a conversation reply (e.g. sent by the IVR): nothing to thread
+        await self._record(message, conversation_id)
+        if message.status in FINAL_STATUSES:
+            await self._services.inbox.delivery_status(
+                conversation_id, message.key, message.status, message.error
+            )
+
+    async def _record(self, message: OutboundSms, conversation_id: int) -> None:
+        conv = await self._services.conversations.get(conversation_id)
+        await self._services.history.add(
+            HistoryEntry(
+                customer_id=conv.customer_id,
+                conversation_id=conv.id,
+                kind="sms_status",
+                channel="sms",
+                payload={
+                    "message_ref": message.key,
+                    "status": message.status,
+                    "parts": message.parts,
+                    "gateway": message.gateway,
+                    "error": message.error,
+                },
+                dedup_key=f"sms:{message.key}:{message.status}",
+            )
+        )
+
+    # -- inbound (ESME on_incoming) -------------------------------------------
+
+    async def on_incoming(self, sms: IncomingSms) -> None:
+        details = {
+            "to": sms.destination,
+            "parts": sms.parts_received,
+            "parts_expected": sms.parts_expected,
+            "complete": sms.complete,
+        }
+        joined = await self._join_waiting_call(sms.source)
+        conv = await self._services.inbox.receive("sms", sms.source, sms.text, details=details)
+        if joined and conv.status == "queued":
+            # receive() only offers conversations it creates: offer the joined one now.
+            await self._services.conversations.assign_text(conv.id)
+
+    async def _join_waiting_call(self, sender: str) -> bool:
+        """A sender waiting in a voice queue: deflect that call to SMS first, so the
+        message lands in a conversation linked to the call that keeps its place."""
+        services = self._services
+        try:
+            customer = await services.customers.lookup(IdentityKind.PHONE, sender)
+        except InvalidInput:
+            return False
+        if customer is None:
+            return False
+        contact = services.customers.normalise(IdentityKind.PHONE, sender).value
+        async with services.sessions() as session:
+            waiting = await session.scalar(
+                select(Conversation)
+                .where(
+                    Conversation.channel == "voice",
+                    Conversation.status == "queued",
+                    Conversation.customer_id == customer.id,
+                    Conversation.contact == contact,
+                    Conversation.external_ref.is_not(None),
+                )
+                .order_by(Conversation.id.desc())
+                .limit(1)
+            )
+        if waiting is None or waiting.external_ref is None:
+            return False
+        await services.inbox.deflect_call(waiting.external_ref, "sms")
+        log.info("SMS from a caller waiting in queue joins call %s", waiting.external_ref)
+        return True
+
+
+def sms_links(tuning: SmppTuning = default_config) -> CleanupCtx:
+    """A cleanup_ctx running every configured SMPP link; ``tuning`` builds each
+    link's ``SmppConfig`` (window, TPS, source address, max parts...)."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        services = app[SERVICES]
+        if not services.settings.smpp:
+            yield
+            return
+        channel = SmsChannel(services, [tuning(link) for link in services.settings.smpp])
+        await channel.start()
+        try:
+            yield
+        finally:
+            await channel.stop()
+
+    return ctx

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -12,7 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cti.db import alembic_config, create_engine, migrate, sessionmaker
 from cti.sms_outbox import DatabaseOutbox, OutboxDataError
+from sms_gateway.esme import SmppClient, SmppConfig
 from sms_gateway.outbox import OutboundSms
+from tests.peers.smsc import Smsc
 
 
 @pytest.fixture
@@ -89,3 +92,49 @@ async def test_bad_messages_are_refused(engine: AsyncEngine) -> None:
     with pytest.raises(KeyError):
         await outbox.update(message("never-added"))
     assert await outbox.get("k") is None
+
+
+@pytest.mark.integration
+async def test_restarted_esme_sends_only_unacknowledged_parts(
+    db_url: str, engine: AsyncEngine, smsc: Smsc
+) -> None:
+    # The state a crash leaves behind right after part 1's submit_sm_resp was stored.
+    outbox = DatabaseOutbox(sessionmaker(engine))
+    text = "Ваш заказ готов к выдаче. " * 7  # 182 characters: 3 UCS-2 parts
+    crashed = OutboundSms(
+        key="c1-restart",
+        destination="79161234567",
+        text=text,
+        source="CTI",
+        gateway="smpp1",
+        smsc_ids=("FFFF0", None, None),
+        part_states=(None, None, None),
+    )
+    await outbox.add(crashed)
+    await outbox.update(crashed)
+    await engine.dispose()
+
+    fresh = create_engine(db_url)
+    config = SmppConfig.from_url(smsc.url(name="smpp1", reconnect_min=0.2))
+    statuses: list[str] = []
+
+    async def on_status(message: OutboundSms) -> None:
+        statuses.append(message.status)
+
+    client = SmppClient(config, DatabaseOutbox(sessionmaker(fresh)), on_status=on_status)
+    await client.start()
+    try:
+        deadline = time.monotonic() + 30
+        while "submitted" not in statuses:
+            assert time.monotonic() < deadline, "the restarted ESME never finished the message"
+            await asyncio.sleep(0.05)
+        submits = [s for s in smsc.recorded_submits() if s["text"] in text]
+        assert sorted(s["udh"]["seq"] for s in submits) == [2, 3]
+        stored = await DatabaseOutbox(sessionmaker(fresh)).get("c1-restart")
+        assert stored is not None and stored.status == "submitted"
+        assert stored.smsc_ids[0] == "FFFF0"
+        new_ids = sorted(str(i) for i in stored.smsc_ids[1:])
+        assert new_ids == sorted(s["message_id"] for s in submits)
+    finally:
+        await client.stop()
+        await fresh.dispose()

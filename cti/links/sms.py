@@ -36,6 +36,7 @@ from cti.errors import InvalidInput
 from cti.history import HistoryEntry
 from cti.identities import IdentityKind
 from cti.keys import SERVICES
+from cti.messaging import MAX_INBOUND_TEXT
 from cti.models import Conversation
 from cti.services import LinkProbe, Services
 from cti.sms_outbox import DatabaseOutbox
@@ -179,14 +180,30 @@ class SmsChannel:
     # -- inbound (ESME on_incoming) -------------------------------------------
 
     async def on_incoming(self, sms: IncomingSms) -> None:
-        details = {
+        details: dict[str, Any] = {
             "to": sms.destination,
             "parts": sms.parts_received,
             "parts_expected": sms.parts_expected,
             "complete": sms.complete,
         }
-        joined = await self._join_waiting_call(sms.source)
-        conv = await self._services.inbox.receive("sms", sms.source, sms.text, details=details)
+        text = sms.text
+        if len(text) > MAX_INBOUND_TEXT:
+            text = text[:MAX_INBOUND_TEXT]
+            details["truncated_from"] = len(sms.text)
+        try:
+            joined = await self._join_waiting_call(sms.source)
+            conv = await self._services.inbox.receive("sms", sms.source, text, details=details)
+        except InvalidInput as exc:
+            # A permanent refusal (no usable sender): refusing it at the SMPP level
+            # would make the SMSC redeliver it forever. The text is not logged.
+            log.warning(
+                "SMS from %r to %r (%d characters) not accepted: %s",
+                sms.source[:32],
+                sms.destination[:32],
+                len(sms.text),
+                exc.message,
+            )
+            return
         if joined and conv.status == "queued":
             # receive() only offers conversations it creates: offer the joined one now.
             await self._services.conversations.assign_text(conv.id)

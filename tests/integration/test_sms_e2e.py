@@ -301,3 +301,19 @@ async def test_sms_from_a_caller_waiting_in_queue_joins_the_call(desk: Desk, sms
     assert conv["linked_to_id"] == voice.id and conv["status"] == "assigned"
     inbound = [h["payload"]["text"] for h in pop["history"] if h["kind"] == "message_in"]
     assert inbound == ["Я в очереди"]
+
+
+async def test_sms_without_a_usable_sender_is_answered_and_dropped(desk: Desk, smsc: Smsc) -> None:
+    await smsc.acall("POST", "/mo", {"source": "", "destination": "CTI", "text": "без номера"})
+    await smsc.acall("POST", "/mo", {"source": CUSTOMER, "destination": "CTI", "text": "с номером"})
+    pop = await desk.event("screen_pop")
+    inbound = [h["payload"]["text"] for h in pop["history"] if h["kind"] == "message_in"]
+    assert inbound == ["с номером"]
+
+    async def answered() -> bool:
+        return len((await smsc.state())["deliver_resps"]) == 2
+
+    await until("the SMSC to get both deliver_sm_resp", answered)
+    # Both accepted (ESME_ROK): a refusal would make the SMSC redeliver forever.
+    assert (await smsc.state())["deliver_resps"] == [0, 0]
+    assert (await desk.link())["up"]

@@ -84,6 +84,10 @@ async def test_hold_unhold_and_callee_hangs_up(customer_phone_factory: PhoneFact
     await a.wait_state("held", T)
     await b.unhold()
     await a.wait_state("connected", T)
+    await b.wait_state("connected", T)
+    # the streams were rebuilt by the re-INVITEs: DTMF still arrives exactly once
+    await a.send_dtmf("77")
+    assert await b.wait_dtmf(2, T) == "77"
     await b.hangup()
     await a.wait_state("disconnected", T)
 
@@ -247,3 +251,14 @@ def test_every_prefix_of_the_invite_parses_or_fails_cleanly() -> None:
             parse_head(INVITE[:i])
         except SipTextError:
             pass
+
+
+def test_notification_line_is_one_safe_line() -> None:
+    from cti.softphone.cli import MAX_NOTIFY_CHARS, notification_line
+
+    assert notification_line("Иван Петров", "+79161234567") == (
+        "Incoming call: Иван Петров <+79161234567>")
+    assert notification_line("", "") == "Incoming call: unknown caller"
+    line = notification_line("<b>x</b>\r\nINJECTED", "1\x1b[31m")
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line
+    assert len(notification_line("x" * 1000, "")) <= len("Incoming call: ") + MAX_NOTIFY_CHARS

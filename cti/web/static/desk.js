@@ -1,0 +1,644 @@
+// Agent desk. Every customer-supplied string goes into the page as a text node
+// (el() below), never as markup.
+import { countSegments } from "/desk/static/sms.js";
+
+const API = "/api/v1";
+const KEY_TOKEN = "cti.token";
+const KEY_SEQ = "cti.lastSeq";
+const KEY_EPOCH = "cti.epoch";
+const SLA_TARGET = {
+  chat: 60,
+  sms: Number(localStorage.getItem("cti.sla.sms")) || 300,
+};
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const child of children) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super(body?.error?.message || `HTTP ${status}`);
+    this.status = status;
+    this.code = body?.error?.code;
+    this.details = body?.error?.details || {};
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { Authorization: `Bearer ${sessionStorage.getItem(KEY_TOKEN) || ""}` };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const resp = await fetch(API + path, {
+    method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const data = await resp.json().catch(() => ({}));
+  if (resp.status === 401) {
+    logout("Your session has ended; sign in again.");
+  }
+  if (!resp.ok) throw new ApiError(resp.status, data);
+  return data;
+}
+
+function notice(text) {
+  $("notice").textContent = text;
+}
+
+// ---- login ---------------------------------------------------------------
+
+async function login(ev) {
+  ev.preventDefault();
+  $("login-error").textContent = "";
+  try {
+    const resp = await fetch(API + "/auth/token", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ login: $("login-user").value, password: $("login-pass").value }),
+    });
+    const data = await resp.json().catch(() => ({}));
+    if (!resp.ok) throw new ApiError(resp.status, data);
+    sessionStorage.setItem(KEY_TOKEN, data.token);
+    sessionStorage.removeItem(KEY_SEQ);
+    $("login-pass").value = "";
+    startDesk();
+  } catch (err) {
+    $("login-error").textContent = err.message;
+  }
+}
+
+function logout(message = "") {
+  sessionStorage.removeItem(KEY_TOKEN);
+  sessionStorage.removeItem(KEY_SEQ);
+  sessionStorage.removeItem(KEY_EPOCH);
+  events.stop();
+  $("desk-view").hidden = true;
+  $("login-view").hidden = false;
+  $("login-error").textContent = message;
+}
+
+// ---- events socket -----------------------------------------------------------
+// Theory of operation: the socket authenticates with its first message and the
+// last seq this tab has seen (kept in sessionStorage, so a reload resumes too).
+// The server replays what was missed, then live events. On any close the desk
+// reconnects with a growing delay; a new server epoch (restart) means the old
+// seq numbers mean nothing, so the desk reconnects from 0 and reloads lists.
+
+const events = {
+  ws: null,
+  retry: 0,
+  timer: null,
+  stopped: true,
+
+  start() {
+    this.stopped = false;
+    this.connect();
+  },
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    if (this.ws) this.ws.close();
+    this.ws = null;
+  },
+  connect() {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const ws = new WebSocket(`${scheme}//${location.host}${API}/events`);
+    this.ws = ws;
+    ws.addEventListener("open", () => {
+      const lastSeq = Number(sessionStorage.getItem(KEY_SEQ) || 0);
+      document.body.dataset.resumedFrom = String(lastSeq);
+      ws.send(JSON.stringify({
+        type: "auth", token: sessionStorage.getItem(KEY_TOKEN) || "", last_seq: lastSeq,
+      }));
+    });
+    ws.addEventListener("message", (ev) => this.onFrame(ws, ev.data));
+    ws.addEventListener("close", (ev) => this.onClose(ws, ev.code));
+  },
+  onClose(ws, code) {
+    if (ws !== this.ws) return;
+    setConn(false);
+    if (this.stopped) return;
+    if (code === 4001) {
+      logout("Your session has ended; sign in again.");
+      return;
+    }
+    const delay = Math.min(5000, 300 * 2 ** this.retry);
+    this.retry = Math.min(this.retry + 1, 5);
+    this.timer = setTimeout(() => this.connect(), delay);
+  },
+  onFrame(ws, text) {
+    let msg;
+    try {
+      msg = JSON.parse(text);
+    } catch {
+      return;
+    }
+    if (msg.type === "hello") {
+      const known = sessionStorage.getItem(KEY_EPOCH);
+      sessionStorage.setItem(KEY_EPOCH, String(msg.epoch));
+      this.retry = 0;
+      setConn(true);
+      if (known !== null && known !== String(msg.epoch)) {
+        sessionStorage.setItem(KEY_SEQ, "0");
+        ws.close();
+        return;
+      }
+      refreshLists();
+      return;
+    }
+    if (typeof msg.seq === "number") {
+      const last = Number(sessionStorage.getItem(KEY_SEQ) || 0);
+      if (msg.seq <= last) return;
+      sessionStorage.setItem(KEY_SEQ, String(msg.seq));
+      document.body.dataset.lastSeq = String(msg.seq);
+    }
+    handleEvent(msg);
+  },
+};
+
+function setConn(up) {
+  const c = $("conn");
+  c.textContent = up ? "online" : "offline";
+  c.className = `conn ${up ? "conn-up" : "conn-down"}`;
+}
+
+function handleEvent(msg) {
+  switch (msg.type) {
+    case "screen_pop":
+      document.body.dataset.pops = String(Number(document.body.dataset.pops || 0) + 1);
+      showPop(msg);
+      if (msg.channel !== "voice" && msg.conversation) {
+        rememberConv(msg.conversation);
+        openTab(msg.conversation.id, false);
+        refreshLists();
+      }
+      break;
+    case "message":
+      onMessage(msg);
+      break;
+    case "delivery_status":
+      onDelivery(msg);
+      break;
+    case "call_answered":
+    case "call_ended":
+      setCallState(msg);
+      break;
+    case "resync":
+      refreshLists();
+      break;
+    default:
+      break;
+  }
+}
+
+// ---- screen-pop ------------------------------------------------------------------
+
+const pop = { customerId: null, cursor: null, done: false, loading: false, seen: new Set(), callId: null };
+
+function dl(pairs) {
+  const list = el("dl");
+  for (const [k, v] of pairs) {
+    if (v === null || v === undefined || v === "") continue;
+    list.append(el("dt", {}, k), el("dd", {}, v));
+  }
+  return list;
+}
+
+function fmtWait(seconds) {
+  const s = Math.max(0, Math.round(Number(seconds) || 0));
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+}
+
+function identityText(c) {
+  return (c.identities || []).map((i) => `${i.kind}: ${i.value}`).join(", ");
+}
+
+function showPop(msg) {
+  $("pop-empty").hidden = true;
+  $("pop").hidden = false;
+  const inter = msg.interaction || {};
+  pop.callId = inter.call_id || null;
+  const state = el("span", { id: "call-state", class: "muted" }, msg.channel === "voice" ? "ringing" : "");
+  $("interaction").replaceChildren(
+    el("strong", {}, `${msg.channel === "voice" ? "Incoming call" : `New ${msg.channel}`} `), state,
+    dl([
+      ["Channel", msg.channel],
+      ["Queue", inter.queue],
+      ["Wait", inter.wait !== undefined ? fmtWait(inter.wait) : null],
+      ["Dialled", inter.dialled],
+      ["Caller", inter.caller || inter.contact],
+      ["Caller name", inter.caller_name],
+    ]),
+  );
+  renderCard(msg.customer || {}, inter.caller || inter.contact || "");
+  startTimeline(msg.customer?.id ?? null, msg.history || []);
+}
+
+function setCallState(msg) {
+  const state = $("call-state");
+  if (state && (!msg.call_id || !pop.callId || msg.call_id === pop.callId)) {
+    state.textContent = msg.type === "call_answered" ? "answered" : "ended";
+  }
+}
+
+function renderCard(customer, contact) {
+  const card = $("card");
+  if (customer.provisional) {
+    const name = el("input", { id: "quick-name", placeholder: "new customer name", maxlength: "200" });
+    const phone = el("input", { id: "quick-phone", placeholder: "existing customer's phone", maxlength: "64" });
+    card.replaceChildren(
+      el("div", { class: "card-name unknown" }, "Unknown caller"),
+      dl([["Contact", contact || identityText(customer)]]),
+      el("form", { class: "quick", onsubmit: (e) => quickCreate(e, name.value, contact) },
+        name, el("button", { type: "submit" }, "Create")),
+      el("form", { class: "quick", onsubmit: (e) => quickLink(e, phone.value, contact) },
+        phone, el("button", { type: "submit" }, "Link")),
+    );
+    return;
+  }
+  card.replaceChildren(
+    el("div", { class: "card-name", id: "card-name" }, customer.name || "(no name)"),
+    dl([
+      ["Contacts", identityText(customer)],
+      ["Segment", customer.segment],
+      ["Tags", (customer.tags || []).join(", ")],
+      ["CRM id", customer.external_id],
+      ["Notes", customer.notes],
+    ]),
+  );
+}
+
+function contactKind(contact) {
+  return /^\+?[0-9 ()-]{3,}$/.test(contact) ? "phone" : "webchat";
+}
+
+async function quickCreate(ev, name, contact) {
+  ev.preventDefault();
+  if (!name.trim()) return;
+  try {
+    const created = await api("POST", "/customers", { name: name.trim() });
+    const card = await api("POST", `/customers/${created.id}/identities`,
+      { kind: contactKind(contact), value: contact });
+    renderCard(card, contact);
+    startTimeline(card.id, []);
+    notice(`Customer ${card.name} created`);
+  } catch (err) {
+    notice(err.message);
+  }
+}
+
+async function quickLink(ev, phone, contact) {
+  ev.preventDefault();
+  try {
+    const found = await api("GET", `/customers?phone=${encodeURIComponent(phone)}`);
+    if (!found.customers.length) {
+      notice(`No customer has ${phone}`);
+      return;
+    }
+    const card = await api("POST", `/customers/${found.customers[0].id}/identities`,
+      { kind: contactKind(contact), value: contact });
+    renderCard(card, contact);
+    startTimeline(card.id, []);
+    notice(`Linked to ${card.name}`);
+  } catch (err) {
+    notice(err.message);
+  }
+}
+
+function eventKey(e) {
+  return e.id !== null && e.id !== undefined ? `id:${e.id}` : `${e.kind}|${e.conversation_id}|${e.occurred_at}`;
+}
+
+function eventSummary(e) {
+  const p = e.payload || {};
+  if (typeof p.text === "string") return p.text;
+  const keys = ["queue", "agent", "wait", "ring", "talk", "hold", "status", "wrap_up_code", "to_agent", "to_queue", "reason"];
+  return keys.filter((k) => p[k] !== undefined && p[k] !== null).map((k) => `${k}: ${p[k]}`).join(", ");
+}
+
+function timelineItem(e) {
+  const when = e.occurred_at ? new Date(e.occurred_at).toLocaleString() : "";
+  return el("li", { "data-kind": e.kind },
+    el("div", { class: "tl-head" },
+      el("span", { class: "tl-kind" }, e.kind), el("span", {}, e.channel || ""), el("span", {}, when)),
+    el("div", { class: "tl-text" }, eventSummary(e)));
+}
+
+function addEvents(list) {
+  const ol = $("timeline");
+  for (const e of list) {
+    const key = eventKey(e);
+    if (pop.seen.has(key)) continue;
+    pop.seen.add(key);
+    ol.append(timelineItem(e));
+  }
+}
+
+function startTimeline(customerId, first) {
+  pop.customerId = customerId;
+  pop.cursor = null;
+  pop.done = customerId === null;
+  pop.seen = new Set();
+  $("timeline").replaceChildren();
+  $("timeline").scrollTop = 0;
+  addEvents(first);
+  pop.firstPage = true;
+  loadMore();
+}
+
+async function loadMore() {
+  if (pop.loading || pop.done || pop.customerId === null) return;
+  pop.loading = true;
+  const customerId = pop.customerId;
+  $("timeline-more").textContent = "loading...";
+  try {
+    const q = pop.cursor ? `&cursor=${encodeURIComponent(pop.cursor)}` : "";
+    const page = await api("GET", `/customers/${customerId}/history?limit=20${q}`);
+    if (customerId !== pop.customerId) return;
+    addEvents(page.events);
+    pop.cursor = page.next_cursor;
+    pop.done = !page.next_cursor;
+  } catch (err) {
+    notice(err.message);
+  } finally {
+    pop.loading = false;
+    $("timeline-more").textContent = pop.done ? "end of history" : "";
+  }
+  const ol = $("timeline");
+  if (!pop.done && ol.scrollHeight <= ol.clientHeight + 4) loadMore();
+}
+
+function onTimelineScroll() {
+  const ol = $("timeline");
+  if (ol.scrollTop + ol.clientHeight >= ol.scrollHeight - 40) loadMore();
+}
+
+// ---- conversations ---------------------------------------------------------------
+
+const convs = new Map(); // id -> {conv, unread, messages: [], firstReplyAt}
+let activeId = null;
+
+function rememberConv(conv) {
+  const old = convs.get(conv.id);
+  if (old) old.conv = conv;
+  else convs.set(conv.id, { conv, unread: 0, messages: null, replied: false, tab: false });
+  return convs.get(conv.id);
+}
+
+async function refreshLists() {
+  try {
+    const [mine, queue] = await Promise.all([
+      api("GET", "/conversations?scope=mine"),
+      api("GET", "/conversations?scope=queue"),
+    ]);
+    const mineText = mine.conversations.filter((c) => c.channel !== "voice");
+    for (const c of mineText) {
+      rememberConv(c);
+      if (!convs.get(c.id).tab) openTab(c.id, false);
+    }
+    $("mine-list").replaceChildren(...mineText.map((c) =>
+      el("li", { "data-id": String(c.id) },
+        el("span", { class: "who" }, `#${c.id} ${c.channel} ${c.contact || ""}`),
+        el("button", { type: "button", onclick: () => openTab(c.id, true) }, "Open"))));
+    const queued = queue.conversations.filter((c) => c.channel !== "voice");
+    $("queue-list").replaceChildren(...queued.map((c) =>
+      el("li", { "data-id": String(c.id) },
+        el("span", { class: "who" }, `#${c.id} ${c.channel} ${c.contact || ""} ${c.queue || ""}`),
+        el("button", { type: "button", class: "take", onclick: () => take(c.id) }, "Take"))));
+  } catch (err) {
+    if (!(err instanceof ApiError && err.status === 401)) notice(err.message);
+  }
+}
+
+async function take(id) {
+  try {
+    const conv = await api("POST", `/conversations/${id}/take`);
+    rememberConv(conv);
+    notice(`You took conversation #${id}`);
+    openTab(id, true);
+  } catch (err) {
+    if (err instanceof ApiError && err.code === "already_taken") {
+      notice(`Conversation #${id} is already taken by ${err.details.owner ?? "another agent"}`);
+    } else {
+      notice(err.message);
+    }
+  }
+  refreshLists();
+}
+
+function tabLabel(entry) {
+  const c = entry.conv;
+  const label = el("button", {
+    type: "button", class: "tab", role: "tab", "data-id": String(c.id),
+    "aria-selected": String(c.id === activeId), onclick: () => openTab(c.id, true),
+  }, `#${c.id} ${c.channel} ${c.contact || ""}`);
+  if (entry.unread > 0) label.append(el("span", { class: "badge" }, entry.unread));
+  return label;
+}
+
+function renderTabs() {
+  const open = [...convs.values()].filter((e) => e.tab);
+  $("tabs").replaceChildren(...open.map(tabLabel));
+}
+
+async function openTab(id, activate) {
+  const entry = convs.get(id) || rememberConv(await api("GET", `/conversations/${id}`));
+  entry.tab = true;
+  if (entry.messages === null) {
+    entry.messages = [];
+    await loadMessages(entry);
+  }
+  if (activate || activeId === null) {
+    activeId = id;
+    entry.unread = 0;
+    renderActive();
+  }
+  renderTabs();
+}
+
+async function loadMessages(entry) {
+  const page = await api("GET", `/customers/${entry.conv.customer_id}/history?limit=100`);
+  const mine = page.events.filter((e) => e.conversation_id === entry.conv.id &&
+    (e.kind === "message_in" || e.kind === "message_out"));
+  mine.reverse();
+  const seen = new Set(entry.messages.map((m) => `${m.dir}|${m.text}|${m.at}`));
+  const loaded = mine.map((e) => ({
+    dir: e.kind === "message_in" ? "in" : "out", text: e.payload.text, at: e.occurred_at,
+    status: e.payload.status || "",
+  })).filter((m) => !seen.has(`${m.dir}|${m.text}|${m.at}`));
+  entry.messages = [...loaded, ...entry.messages];
+  entry.replied = entry.replied || entry.messages.some((m) => m.dir === "out");
+}
+
+function messageItem(m) {
+  return el("li", { class: m.dir === "in" ? "msg-in" : "msg-out" },
+    m.text,
+    el("span", { class: "msg-meta" },
+      `${m.at ? new Date(m.at).toLocaleTimeString() : ""} ${m.status || ""}`.trim()));
+}
+
+function renderActive() {
+  const entry = convs.get(activeId);
+  $("tab-body").hidden = !entry;
+  if (!entry) return;
+  const c = entry.conv;
+  $("tab-title").textContent = `#${c.id} ${c.channel} ${c.contact || ""} (${c.status})`;
+  const ol = $("messages");
+  ol.replaceChildren(...entry.messages.map(messageItem));
+  ol.scrollTop = ol.scrollHeight;
+  $("reply").value = sessionStorage.getItem(`cti.draft.${c.id}`) || "";
+  updateSegments();
+  updateSla();
+}
+
+function onMessage(msg) {
+  let entry = convs.get(msg.conversation_id);
+  if (!entry) {
+    refreshLists();
+    return;
+  }
+  if (entry.messages === null) entry.messages = [];
+  entry.messages.push({ dir: "in", text: msg.text, at: new Date().toISOString(), status: "" });
+  if (msg.conversation_id === activeId) {
+    $("messages").append(messageItem(entry.messages.at(-1)));
+    $("messages").scrollTop = $("messages").scrollHeight;
+  } else {
+    entry.unread += 1;
+  }
+  entry.tab = true;
+  renderTabs();
+}
+
+function onDelivery(msg) {
+  const entry = convs.get(msg.conversation_id);
+  if (!entry || !entry.messages) return;
+  const last = [...entry.messages].reverse().find((m) => m.dir === "out");
+  if (last) last.status = msg.status;
+  if (msg.conversation_id === activeId) renderActive();
+}
+
+async function sendReply(ev) {
+  ev.preventDefault();
+  const entry = convs.get(activeId);
+  const text = $("reply").value;
+  if (!entry || !text.trim()) return;
+  try {
+    const result = await api("POST", `/conversations/${entry.conv.id}/messages`, { text });
+    entry.messages.push({ dir: "out", text, at: new Date().toISOString(), status: result.status });
+    entry.replied = true;
+    sessionStorage.removeItem(`cti.draft.${entry.conv.id}`);
+    $("reply").value = "";
+    renderActive();
+  } catch (err) {
+    notice(err.message);
+  }
+}
+
+async function closeConv(ev) {
+  ev.preventDefault();
+  const entry = convs.get(activeId);
+  if (!entry) return;
+  const code = $("wrapup").value.trim();
+  try {
+    await api("POST", `/conversations/${entry.conv.id}/close`, code ? { wrap_up_code: code } : {});
+    convs.delete(entry.conv.id);
+    notice(`Conversation #${entry.conv.id} closed${code ? ` (${code})` : ""}`);
+    activeId = [...convs.values()].find((e) => e.tab)?.conv.id ?? null;
+    $("wrapup").value = "";
+    renderTabs();
+    renderActive();
+    refreshLists();
+  } catch (err) {
+    notice(err.message);
+  }
+}
+
+function updateSegments() {
+  const text = $("reply").value;
+  const entry = convs.get(activeId);
+  if (entry) sessionStorage.setItem(`cti.draft.${entry.conv.id}`, text);
+  if (!entry || entry.conv.channel !== "sms") {
+    $("segments").textContent = `${text.length} characters`;
+    return;
+  }
+  const s = countSegments(text);
+  $("segments").textContent =
+    `${s.coding === "gsm7" ? "GSM-7" : "UCS-2"}: ${s.parts} SMS, ${s.remainingInPart} left in this part`;
+  $("segments").dataset.parts = String(s.parts);
+}
+
+// SLA: time from queue entry to the first agent reply. Green below two thirds
+// of the target, amber up to the target, red beyond; grey once answered.
+function updateSla() {
+  const entry = convs.get(activeId);
+  const sla = $("sla");
+  if (!entry) return;
+  const target = SLA_TARGET[entry.conv.channel];
+  if (!target) {
+    sla.hidden = true;
+    return;
+  }
+  sla.hidden = false;
+  if (entry.replied) {
+    sla.textContent = "replied";
+    sla.className = "sla sla-done";
+    sla.dataset.state = "done";
+    return;
+  }
+  const elapsed = (Date.now() - Date.parse(entry.conv.queued_at)) / 1000;
+  const state = elapsed >= target ? "red" : elapsed >= (target * 2) / 3 ? "amber" : "green";
+  sla.textContent = `first reply ${fmtWait(elapsed)} / ${fmtWait(target)}`;
+  sla.className = `sla sla-${state}`;
+  sla.dataset.state = state;
+}
+
+// ---- status ---------------------------------------------------------------------
+// The server has no status endpoint yet: the choice is kept in this tab only.
+
+function onStatus() {
+  const paused = $("status-select").value === "paused";
+  $("pause-reason").hidden = !paused;
+  const reason = paused ? $("pause-reason").selectedOptions[0].textContent : "";
+  $("status-note").textContent = paused ? `paused: ${reason} (not sent: no status API)` : "";
+  document.body.dataset.status = paused ? `paused:${$("pause-reason").value}` : "available";
+}
+
+// ---- start -----------------------------------------------------------------------
+
+async function startDesk() {
+  $("login-view").hidden = true;
+  $("desk-view").hidden = false;
+  try {
+    const me = await api("GET", "/me");
+    $("me-name").textContent = `${me.name || me.login} (${me.login})`;
+  } catch (err) {
+    if (!sessionStorage.getItem(KEY_TOKEN)) return;
+    notice(err.message);
+  }
+  events.start();
+}
+
+function init() {
+  $("login-form").addEventListener("submit", login);
+  $("logout").addEventListener("click", () => logout());
+  $("timeline").addEventListener("scroll", onTimelineScroll);
+  $("reply").addEventListener("input", updateSegments);
+  $("reply-form").addEventListener("submit", sendReply);
+  $("close-form").addEventListener("submit", closeConv);
+  $("status-select").addEventListener("change", onStatus);
+  $("pause-reason").addEventListener("change", onStatus);
+  setInterval(updateSla, 1000);
+  setInterval(() => { if (!events.stopped) refreshLists(); }, 5000);
+  if (sessionStorage.getItem(KEY_TOKEN)) startDesk();
+  else $("login-view").hidden = false;
+}
+
+init();

@@ -1,0 +1,254 @@
+"""The agent desk in real Chromium against the real CTI server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from playwright.async_api import Page
+
+from cti.customers import ContactInput
+from cti.history import HistoryEntry, timeline
+from pbx.changes import CallOffered, CallQueued
+from sms_gateway.encoding import count_segments
+from tests.integration.desk.conftest import Desk, wait_for
+from tests.peers.browser import DeskBrowser
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+SCRIPT = "<script>alert('x')</script>"
+IMG = "<img src=x onerror=alert('y')>"
+
+
+async def offer_call(desk: Desk, caller: str, name: str, call_id: str, agent: str) -> None:
+    t = time.time()
+    await desk.services.calls.handle(CallQueued("pbx1", call_id, "support", 1, caller, name, t))
+    await desk.services.calls.handle(
+        CallOffered("pbx1", call_id, "support", f"PJSIP/{agent}", caller, name, "100", 4.0, t + 4)
+    )
+
+
+async def test_screen_pop_shows_card_interaction_and_scrolling_timeline(
+    desk: Desk, desk_browser: DeskBrowser
+) -> None:
+    svc = desk.services
+    customer = await svc.customers.create("Иван Петров", [ContactInput("phone", "+79161234567")])
+    for n in range(45):
+        await svc.history.add(
+            HistoryEntry(
+                customer_id=customer.id,
+                conversation_id=None,
+                kind="note",
+                channel="sms",
+                payload={"text": f"old note {n:02d}"},
+            )
+        )
+    page = await desk_browser.new_page()
+    await desk.login(page, "agent1")
+    await offer_call(desk, "+79161234567", "IVAN", "pbx1:1700000000.1", "agent1")
+
+    await page.wait_for_selector("#card-name")
+    assert await page.text_content("#card-name") == "Иван Петров"
+    interaction = await page.text_content("#interaction") or ""
+    for part in ("Incoming call", "support", "100", "+79161234567", "0:04", "voice"):
+        assert part in interaction, (part, interaction)
+    # Newest first: the call events come before the old notes.
+    kinds = await page.eval_on_selector_all("#timeline li", "ls => ls.map(l => l.dataset.kind)")
+    assert kinds[0].startswith("call_"), kinds
+    await desk_browser.screenshot(page, "desk-pop")
+
+    # Infinite scroll: scrolling to the end loads every older note, once each.
+    async def all_loaded() -> bool:
+        await page.eval_on_selector("#timeline", "t => { t.scrollTop = t.scrollHeight; }")
+        return "end of history" in (await page.text_content("#timeline-more") or "")
+
+    await wait_for(all_loaded, "the whole timeline")
+    notes = await page.eval_on_selector_all(
+        "#timeline li[data-kind=note] .tl-text", "ls => ls.map(l => l.textContent)"
+    )
+    assert notes == [f"old note {n:02d}" for n in reversed(range(45))]
+
+
+async def test_queued_text_is_taken_replied_and_closed(
+    desk: Desk, desk_browser: DeskBrowser
+) -> None:
+    svc = desk.services
+    page = await desk_browser.new_page()
+    await desk.login(page, "agent1")
+    # Skill "fr": no agent has it, so the conversation waits in the queue.
+    conv = await svc.inbox.receive("sms", "+79035550101", "Здравствуйте, помогите", skill="fr")
+    item = page.locator(f"#queue-list li[data-id='{conv.id}']")
+    await item.wait_for()
+    await item.locator("button.take").click()
+    await page.wait_for_selector(f"#tabs .tab[data-id='{conv.id}']")
+    await page.wait_for_selector("#messages li.msg-in")
+    assert await page.text_content("#messages li.msg-in") is not None
+    assert "Здравствуйте, помогите" in (await page.text_content("#messages") or "")
+    assert "You took" in (await page.text_content("#notice") or "")
+    assert await page.get_attribute("#sla", "data-state") in ("green", "amber")
+
+    reply = "Добрый день! Чем помочь?"
+    await page.fill("#reply", reply)
+    expected = count_segments(reply)
+    assert await page.text_content("#segments") == (
+        f"UCS-2: {expected.parts} SMS, {expected.remaining_in_part} left in this part"
+    )
+    await page.click("#send")
+    await page.wait_for_selector("#messages li.msg-out")
+    assert await page.get_attribute("#sla", "data-state") == "done"
+
+    async def stored() -> bool:
+        events, _ = await timeline(svc.sessions, conv.customer_id, limit=20)
+        return any(e.kind == "message_out" and e.payload["text"] == reply for e in events)
+
+    await wait_for(stored, "the reply in the history")
+
+    # A second message lands in the open tab.
+    await svc.inbox.receive("sms", "+79035550101", "Спасибо")
+    await page.wait_for_function(
+        "() => document.querySelectorAll('#messages li.msg-in').length === 2"
+    )
+    assert "Спасибо" in (await page.text_content("#messages li.msg-in >> nth=1") or "")
+    await desk_browser.screenshot(page, "desk-conversation")
+
+    await page.fill("#wrapup", "resolved")
+    await page.click("#close")
+    await page.wait_for_function(
+        "() => document.getElementById('notice').textContent.includes('closed')"
+    )
+    closed = await svc.conversations.get(conv.id)
+    assert closed.status == "closed" and closed.wrap_up_code == "resolved"
+
+
+async def test_two_desks_race_for_one_conversation(desk: Desk, desk_browser: DeskBrowser) -> None:
+    pages: dict[str, Page] = {}
+    for login in ("agent1", "agent2"):
+        pages[login] = await desk_browser.new_page()
+        await desk.login(pages[login], login)
+    conv = await desk.services.inbox.receive("chat", "web-visitor-77", "hello?", skill="fr")
+    buttons = [
+        p.locator(f"#queue-list li[data-id='{conv.id}'] button.take") for p in pages.values()
+    ]
+    for button in buttons:
+        await button.wait_for()
+    await asyncio.gather(*(button.click() for button in buttons))
+
+    async def both_answered() -> bool:
+        notes = [await p.text_content("#notice") or "" for p in pages.values()]
+        return all(n for n in notes)
+
+    await wait_for(both_answered, "both desks to show the outcome")
+    owner = await desk.services.conversations.get(conv.id)
+    winner = await desk.services.conversations.owner_login(owner)
+    assert winner in pages
+    loser = "agent2" if winner == "agent1" else "agent1"
+    assert await pages[winner].text_content("#notice") == f"You took conversation #{conv.id}"
+    assert await pages[loser].text_content("#notice") == (
+        f"Conversation #{conv.id} is already taken by {winner}"
+    )
+    await desk_browser.screenshot(pages[loser], "desk-race-loser")
+
+
+async def test_customer_markup_renders_as_text(desk: Desk, desk_browser: DeskBrowser) -> None:
+    svc = desk.services
+    name = f"{SCRIPT} {IMG}"
+    await svc.customers.create(name, [ContactInput("phone", "+79035550199")])
+    page = await desk_browser.new_page()
+    await desk.login(page, "agent1")
+    await offer_call(desk, "+79035550199", IMG, "pbx1:1700000000.9", "agent1")
+    await page.wait_for_selector("#card-name")
+    assert await page.text_content("#card-name") == name
+    assert IMG in (await page.text_content("#interaction") or "")
+
+    await svc.customers.create(IMG, [ContactInput("phone", "+79035550198")])
+    conv = await svc.inbox.receive("sms", "+79035550198", f"hi {SCRIPT} {IMG}")
+    assert conv.owner_id is not None  # given to agent1 (the only agent with free capacity)
+    await page.wait_for_selector(f"#tabs .tab[data-id='{conv.id}']")
+    await page.click(f"#tabs .tab[data-id='{conv.id}']")
+    await page.wait_for_selector("#messages li.msg-in")
+    assert await page.text_content("#messages li.msg-in >> nth=0") is not None
+    assert f"hi {SCRIPT} {IMG}" in (await page.text_content("#messages") or "")
+    assert await page.locator("#desk-view img, #desk-view script").count() == 0
+    await asyncio.sleep(0.5)  # give an injected handler the chance to fire
+    assert desk_browser.dialogs == []
+    await desk_browser.screenshot(page, "desk-xss")
+
+
+async def test_reconnect_resumes_from_last_seq(desk: Desk, desk_browser: DeskBrowser) -> None:
+    svc = desk.services
+    await svc.customers.create("Анна Смирнова", [ContactInput("phone", "+79035550101")])
+    await svc.customers.create("John Smith", [ContactInput("phone", "+442079460123")])
+    page = await desk_browser.new_page()
+    await desk.login(page, "agent1")
+    await offer_call(desk, "+79035550101", "ANNA", "pbx1:1700000001.1", "agent1")
+    await page.wait_for_function(
+        "() => document.getElementById('card-name')?.textContent === 'Анна Смирнова'"
+    )
+    seen = int(await page.get_attribute("body", "data-last-seq") or "0")
+    assert seen > 0
+
+    # Leave the page (the socket closes), miss a pop, come back: it is replayed.
+    await page.goto("about:blank")
+    await offer_call(desk, "+442079460123", "JOHN", "pbx1:1700000001.2", "agent1")
+    await page.go_back()
+    await page.wait_for_function(
+        "() => document.getElementById('card-name')?.textContent === 'John Smith'"
+    )
+    # The fresh page asked for the events after the last seq it had seen, and got
+    # exactly one pop (John's), not a replay of Anna's.
+    assert await page.get_attribute("body", "data-resumed-from") == str(seen)
+    assert await page.get_attribute("body", "data-pops") == "1"
+    resumed = int(await page.get_attribute("body", "data-last-seq") or "0")
+    assert resumed > seen
+    assert await page.is_visible("#desk-view")
+
+
+async def test_segment_counter_matches_python(desk: Desk, desk_browser: DeskBrowser) -> None:
+    page = await desk_browser.new_page()
+    await page.goto(f"{desk.base_url}/desk/")
+    samples = [
+        "",
+        "Hello",
+        "a" * 160,
+        "a" * 161,
+        "a" * 306,
+        "a" * 307,
+        "€" * 80,
+        "€" * 81,
+        "a" * 152 + "€" + "b" * 10,
+        "Привет",
+        "я" * 70,
+        "я" * 71,
+        "я" * 134,
+        "я" * 135,
+        "😀" * 35,
+        "😀" * 36,
+        "a" * 66 + "😀" + "b",
+        "{[~]}|\\^ and \n\r newlines",
+        "ÄÖÑÜ§¿äöñüà@£$¥èéùìòÇØøÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ",
+        "`backtick is not GSM`",
+        "\x1b escape char",
+    ]
+    got = await page.evaluate(
+        """async (texts) => {
+            const m = await import('/desk/static/sms.js');
+            return texts.map((t) => m.countSegments(t));
+        }""",
+        samples,
+    )
+    for text, js in zip(samples, got, strict=True):
+        py = count_segments(text)
+        assert (
+            js["coding"],
+            js["parts"],
+            js["units"],
+            js["unitsPerPart"],
+            js["remainingInPart"],
+        ) == (
+            py.coding,
+            py.parts,
+            py.units,
+            py.units_per_part,
+            py.remaining_in_part,
+        ), text

@@ -201,7 +201,8 @@ function handleEvent(msg) {
 
 // ---- screen-pop ------------------------------------------------------------------
 
-const pop = { customerId: null, cursor: null, done: false, loading: false, seen: new Set(), callId: null };
+const pop = { customerId: null, cursor: null, done: false, loading: false, callId: null,
+              seenIds: new Set(), storedKeys: new Set(), pendingKeys: new Set() };
 
 function dl(pairs) {
   const list = el("dl");
@@ -228,7 +229,8 @@ function showPop(msg) {
   pop.callId = inter.call_id || null;
   const state = el("span", { id: "call-state", class: "muted" }, msg.channel === "voice" ? "ringing" : "");
   $("interaction").replaceChildren(
-    el("strong", {}, `${msg.channel === "voice" ? "Incoming call" : `New ${msg.channel}`} `), state,
+    el("strong", {}, `${msg.channel === "voice" ? "Incoming call" : msg.opened
+      ? `Conversation #${msg.conversation.id}` : `New ${msg.channel}`} `), state,
     dl([
       ["Channel", msg.channel],
       ["Queue", inter.queue],
@@ -240,6 +242,17 @@ function showPop(msg) {
   );
   renderCard(msg.customer || {}, inter.caller || inter.contact || "");
   startTimeline(msg.customer?.id ?? null, msg.history || []);
+}
+
+async function showConversationCustomer(conv) {
+  try {
+    const customer = await api("GET", `/customers/${conv.customer_id}`);
+    if (conv.id !== activeId) return;
+    showPop({ channel: conv.channel, customer, history: [], conversation: conv,
+              interaction: { queue: conv.queue, contact: conv.contact }, opened: true });
+  } catch (err) {
+    notice(err.message);
+  }
 }
 
 function setCallState(msg) {
@@ -313,8 +326,25 @@ async function quickLink(ev, phone, contact) {
   }
 }
 
-function eventKey(e) {
-  return e.id !== null && e.id !== undefined ? `id:${e.id}` : `${e.kind}|${e.conversation_id}|${e.occurred_at}`;
+// The pop mixes stored events (with an id) and ones still in the server's
+// write batch (id null). A pending event and its stored copy share kind,
+// conversation and time: the stored copy replaces it silently.
+function baseKey(e) {
+  const at = String(e.occurred_at || "").replace(/(Z|[+-]00:00)$/, "");
+  return `${e.kind}|${e.conversation_id}|${at}`;
+}
+
+function isNewEvent(e) {
+  const base = baseKey(e);
+  if (e.id === null || e.id === undefined) {
+    if (pop.storedKeys.has(base) || pop.pendingKeys.has(base)) return false;
+    pop.pendingKeys.add(base);
+    return true;
+  }
+  if (pop.seenIds.has(e.id)) return false;
+  pop.seenIds.add(e.id);
+  pop.storedKeys.add(base);
+  return !pop.pendingKeys.delete(base);
 }
 
 function eventSummary(e) {
@@ -335,10 +365,7 @@ function timelineItem(e) {
 function addEvents(list) {
   const ol = $("timeline");
   for (const e of list) {
-    const key = eventKey(e);
-    if (pop.seen.has(key)) continue;
-    pop.seen.add(key);
-    ol.append(timelineItem(e));
+    if (isNewEvent(e)) ol.append(timelineItem(e));
   }
 }
 
@@ -346,7 +373,9 @@ function startTimeline(customerId, first) {
   pop.customerId = customerId;
   pop.cursor = null;
   pop.done = customerId === null;
-  pop.seen = new Set();
+  pop.seenIds = new Set();
+  pop.storedKeys = new Set();
+  pop.pendingKeys = new Set();
   $("timeline").replaceChildren();
   $("timeline").scrollTop = 0;
   addEvents(first);
@@ -460,6 +489,7 @@ async function openTab(id, activate) {
     activeId = id;
     entry.unread = 0;
     renderActive();
+    if (activate) showConversationCustomer(entry.conv);
   }
   renderTabs();
 }

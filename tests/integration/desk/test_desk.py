@@ -86,6 +86,9 @@ async def test_queued_text_is_taken_replied_and_closed(
     assert await page.text_content("#messages li.msg-in") is not None
     assert "Здравствуйте, помогите" in (await page.text_content("#messages") or "")
     assert "You took" in (await page.text_content("#notice") or "")
+    # Taking a conversation shows its customer beside it.
+    await page.wait_for_selector("#card .unknown")
+    assert "+79035550101" in (await page.text_content("#card") or "")
     assert await page.get_attribute("#sla", "data-state") in ("green", "amber")
 
     reply = "Добрый день! Чем помочь?"
@@ -165,11 +168,22 @@ async def test_customer_markup_renders_as_text(desk: Desk, desk_browser: DeskBro
     conv = await svc.inbox.receive("sms", "+79035550198", f"hi {SCRIPT} {IMG}")
     assert conv.owner_id is not None  # given to agent1 (the only agent with free capacity)
     await page.wait_for_selector(f"#tabs .tab[data-id='{conv.id}']")
+    await page.wait_for_function(
+        "(name) => document.getElementById('card-name')?.textContent === name", arg=IMG
+    )
+    await page.wait_for_function(
+        "() => document.getElementById('timeline-more').textContent === 'end of history'"
+    )
+    # The pop's history (partly still in the write batch) and the stored page
+    # overlap: each event is shown once.
+    kinds = await page.eval_on_selector_all("#timeline li", "ls => ls.map(l => l.dataset.kind)")
+    assert kinds.count("message_in") == 1 and kinds.count("assigned") == 1, kinds
     await page.click(f"#tabs .tab[data-id='{conv.id}']")
     await page.wait_for_selector("#messages li.msg-in")
     assert await page.text_content("#messages li.msg-in >> nth=0") is not None
     assert f"hi {SCRIPT} {IMG}" in (await page.text_content("#messages") or "")
     assert await page.locator("#desk-view img, #desk-view script").count() == 0
+
     await asyncio.sleep(0.5)  # give an injected handler the chance to fire
     assert desk_browser.dialogs == []
     await desk_browser.screenshot(page, "desk-xss")

@@ -236,7 +236,8 @@ function showPop(msg) {
       ["Queue", inter.queue],
       ["Wait", inter.wait !== undefined ? fmtWait(inter.wait) : null],
       ["Dialled", inter.dialled],
-      ["Caller", inter.caller || inter.contact],
+      ["Caller", inter.caller],
+      ["Contact", inter.caller ? null : inter.contact],
       ["Caller name", inter.caller_name],
     ]),
   );

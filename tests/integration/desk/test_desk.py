@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from playwright.async_api import Page
+from sqlalchemy import update
 
 from cti.customers import ContactInput
 from cti.history import HistoryEntry, timeline
+from cti.models import Conversation
 from pbx.changes import CallOffered, CallQueued
 from sms_gateway.encoding import count_segments
 from tests.integration.desk.conftest import Desk, wait_for
@@ -266,3 +269,55 @@ async def test_segment_counter_matches_python(desk: Desk, desk_browser: DeskBrow
             py.units_per_part,
             py.remaining_in_part,
         ), text
+
+
+async def test_login_status_sla_colours_and_screen_fit(
+    desk: Desk, desk_browser: DeskBrowser
+) -> None:
+    svc = desk.services
+    page = await desk_browser.new_page()
+    await page.goto(f"{desk.base_url}/desk/")
+    await page.fill("#login-user", "agent1")
+    await page.fill("#login-pass", "wrong password")
+    await page.click("#login-submit")
+    await page.wait_for_function("() => document.getElementById('login-error').textContent !== ''")
+    assert await page.is_hidden("#desk-view")
+    await desk.login(page, "agent1")
+
+    await page.select_option("#status-select", "paused")
+    await page.select_option("#pause-reason", "lunch")
+    assert await page.get_attribute("body", "data-status") == "paused:lunch"
+    assert "Lunch" in (await page.text_content("#status-note") or "")
+
+    now = datetime.now(UTC)
+    ids: dict[str, int] = {}
+    for state, age in (("red", 90), ("amber", 45), ("green", 1)):
+        conv = await svc.inbox.receive("chat", f"visitor-{state}", "hi", skill="fr")
+        async with svc.sessions() as session, session.begin():
+            await session.execute(
+                update(Conversation)
+                .where(Conversation.id == conv.id)
+                .values(queued_at=now - timedelta(seconds=age))
+            )
+        ids[state] = conv.id
+    for state, conv_id in ids.items():
+        await page.locator(f"#queue-list li[data-id='{conv_id}'] button.take").click()
+        await page.wait_for_selector(f"#tabs .tab[data-id='{conv_id}'][aria-selected=true]")
+        await page.wait_for_function(
+            "(s) => document.getElementById('sla').dataset.state === s", arg=state
+        )
+    await page.click(f"#tabs .tab[data-id='{ids['red']}']")
+    await page.wait_for_function("() => document.getElementById('sla').dataset.state === 'red'")
+    # A message for a background tab counts as unread until the tab is opened.
+    await svc.inbox.receive("chat", "visitor-amber", "are you there?")
+    badge = page.locator(f"#tabs .tab[data-id='{ids['amber']}'] .badge")
+    await badge.wait_for()
+    assert await badge.text_content() == "1"
+    await page.wait_for_function(
+        "() => document.getElementById('timeline-more').textContent === 'end of history'"
+    )
+    await desk_browser.screenshot(page, "desk-sla-1366x768")
+    size = await page.evaluate(
+        "() => [document.documentElement.scrollWidth, document.documentElement.scrollHeight]"
+    )
+    assert size[0] <= 1366 and size[1] <= 768, size

@@ -321,3 +321,32 @@ async def test_login_status_sla_colours_and_screen_fit(
         "() => [document.documentElement.scrollWidth, document.documentElement.scrollHeight]"
     )
     assert size[0] <= 1366 and size[1] <= 768, size
+
+    # Unknown contact: quick create makes a customer and links the contact to it.
+    await page.fill("#quick-name", "Red <b>Visitor</b>")
+    await page.click("#card form.quick button >> nth=0")
+    await page.wait_for_function(
+        "() => document.getElementById('card-name')?.textContent === 'Red <b>Visitor</b>'"
+    )
+    found = await svc.customers.lookup("webchat", "visitor-red")
+    assert found is not None and found.name == "Red <b>Visitor</b>" and not found.provisional
+
+
+async def test_unknown_caller_is_linked_to_an_existing_customer(
+    desk: Desk, desk_browser: DeskBrowser
+) -> None:
+    svc = desk.services
+    known = await svc.customers.create("John Smith", [ContactInput("phone", "+442079460123")])
+    page = await desk_browser.new_page()
+    await desk.login(page, "agent1")
+    await offer_call(desk, "+79995550000", "", "pbx1:1700000002.1", "agent1")
+    await page.wait_for_selector("#card .unknown")
+    assert await page.text_content("#card .unknown") == "Unknown caller"
+    await page.fill("#quick-phone", "+44 20 7946 0123")
+    await page.click("#card form.quick button >> nth=1")
+    await page.wait_for_function(
+        "() => document.getElementById('card-name')?.textContent === 'John Smith'"
+    )
+    assert "+79995550000" in (await page.text_content("#card") or "")
+    found = await svc.customers.lookup("phone", "+79995550000")
+    assert found is not None and found.id == known.id

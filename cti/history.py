@@ -136,8 +136,11 @@ class HistoryWriter:
         if self._task is None:
             return
         if not self._task.done():
-            with contextlib.suppress(RuntimeError):
+            try:
                 await asyncio.wait_for(self.flush(), timeout=30)
+            except (RuntimeError, TimeoutError):
+                lost = self._queue.qsize() + len(self._inflight)
+                log.error("history writer stopped with %d events not written", lost)
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task

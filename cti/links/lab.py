@@ -42,10 +42,9 @@ def lab_run_dir(settings: Settings) -> Path:
 
 def _make_lab(run_dir: Path, settings: Settings) -> LabPbx:
     agi = settings.agi_listen
-    agi_kwargs: dict[str, object] = {}
-    if agi is not None:
-        agi_kwargs = {"agi_host": agi.host if agi.host not in ("", "0.0.0.0") else "127.0.0.1",
-                      "agi_port": agi.port}
+    agi_host = "127.0.0.1"
+    if agi is not None and agi.host not in ("", "0.0.0.0"):
+        agi_host = agi.host
     if (run_dir / STATE_FILE).exists():
         try:
             lab = LabPbx.from_state(run_dir)
@@ -53,10 +52,9 @@ def _make_lab(run_dir: Path, settings: Settings) -> LabPbx:
             log.warning("lab PBX: ignoring the old state in %s: %s", run_dir, exc)
         else:
             if agi is not None:
-                lab.agi_host = str(agi_kwargs["agi_host"])
-                lab.agi_port = agi.port
+                lab.agi_host, lab.agi_port = agi_host, agi.port
             return lab
-    return LabPbx(run_dir, **agi_kwargs)  # type: ignore[arg-type]
+    return LabPbx(run_dir, agi_host=agi_host, agi_port=agi.port if agi is not None else None)
 
 
 async def _start_lab(run_dir: Path, settings: Settings) -> tuple[LabPbx, bool]:
@@ -91,12 +89,15 @@ def lab_ctx(
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         lab, ours = await _start_lab(where, settings)
         app[LAB_PBX].append(lab)
+        added = False
         try:
             print_lab(lab, out)
             await app[PBX_LINKS].add(app[SERVICES], LAB_PBX_NAME, lab.ami_url)
+            added = True
             yield
         finally:
-            await app[PBX_LINKS].remove(LAB_PBX_NAME)
+            if added:
+                await app[PBX_LINKS].remove(LAB_PBX_NAME)
             if ours:
                 pid = lab.pid
                 await lab.astop()

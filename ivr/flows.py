@@ -356,6 +356,11 @@ async def _exit_context(session: AgiSession) -> tuple[str, float, str | None, st
     return queue, entered, customer_id, language
 
 
+def _field(value: str) -> str:
+    """A value safe inside a dialplan application argument list."""
+    return "".join(ch for ch in value if ch not in ",|\r\n\0")[:128]
+
+
 async def _finish_exit(
     session: AgiSession, rec: CallRecorder, queue: str, outcome: str, detail: str
 ) -> None:
@@ -364,9 +369,13 @@ async def _finish_exit(
     await session.set_variable("CTI_EXIT_OUTCOME", outcome)
     await session.user_event(
         "CtiQueueOutcome",
-        {"Queue": queue, "Outcome": outcome, "CallId": env.uniqueid, "Detail": detail},
+        {"Queue": _field(queue), "Outcome": outcome, "CallId": _field(env.uniqueid),
+         "Detail": _field(detail)},
     )
-    await session.exec("QueueLog", f"{queue},{env.uniqueid},NONE,{outcome.upper()},{detail}")
+    await session.exec(
+        "QueueLog",
+        f"{_field(queue)},{_field(env.uniqueid)},NONE,{outcome.upper()},{_field(detail)}",
+    )
     await rec.record("queue_exit", f"{outcome}:{detail}")
 
 

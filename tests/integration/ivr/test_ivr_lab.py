@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ivr.flows import RU_VOICE, make_inbound
+from ivr.flows import RU_VOICE, make_announce, make_inbound
 from tests.integration.ivr.support import (
     CALLER,
     CONFIG,
@@ -67,6 +67,7 @@ async def test_inbound_identifies_routes_and_queues_then_deflects(lab: IvrLab) -
     assert request.language == RU_VOICE
     assert ("menu", "support") in [(c.step, c.value) for c in request.choices]
     assert request.queue_entry_time <= time.time()
+    assert request.queue_entry_time == int(request.queue_entry_time)  # the dialplan's ${EPOCH}
     await memory.history.wait_for("queue_exit", WITHIN)
     assert ("queue_exit", "deflected:conv-1") in steps(memory)
     await wait_until(lambda: lab.server.active_sessions == 0, "sessions to end")
@@ -152,5 +153,34 @@ async def test_no_input_takes_the_default_language_and_route(
     assert session.invalid_inputs == 4
     # every prompt exists (a missing sound shows up as a result=-1 warning)
     assert not [r for r in caplog.records if "result=-1" in r.getMessage()]
+    response = await lab.ami.action({"Action": "Hangup", "Channel": channel})
+    assert response.get("Response") == "Success", response
+
+
+async def test_periodic_announcement_keeps_the_place_in_line(lab: IvrLab) -> None:
+    short = dataclasses.replace(
+        CONFIG, language_prompts=("beep",), menu_prompts=("beep",), announce_every=3,
+        offer_prompts=("beep",),
+    )
+    lab.server.routes["inbound"] = make_inbound(short)
+    lab.server.routes["announce"] = make_announce(short)
+    memory = lab.memory
+    await call_in(lab)
+    session = await session_at(lab, "inbound", "language")
+    channel = session.environment.channel
+    await press(lab, channel, "1", recorded(memory, "language"))
+    await session_at(lab, "inbound", "menu")
+    await press(lab, channel, "3", recorded(memory, "menu"))
+
+    def joins() -> list[dict[str, str]]:
+        return [e for e in lab.ami.events
+                if e.get("Event") == "QueueCallerJoin" and e.get("Channel") == channel]
+
+    await wait_until(lambda: len(joins()) >= 2, "the caller to re-join after the announcement")
+    assert [e["Queue"] for e in joins()[:2]] == ["support", "support"]
+    assert joins()[1]["Position"] == "1"
+    announced = [v for s, v in steps(memory) if s == "announce"]
+    # on entry: behind the 2 callers the statistics report; then Asterisk's QUEUEPOSITION
+    assert announced[:2] == ["position:3:wait:180", "position:1:wait:60"], steps(memory)
     response = await lab.ami.action({"Action": "Hangup", "Channel": channel})
     assert response.get("Response") == "Success", response

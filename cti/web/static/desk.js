@@ -667,7 +667,8 @@ function init() {
   $("status-select").addEventListener("change", onStatus);
   $("pause-reason").addEventListener("change", onStatus);
   setInterval(updateSla, 1000);
-  setInterval(() => { if (!events.stopped) refreshLists(); }, 5000);
+  const refreshSeconds = Number(localStorage.getItem("cti.refresh.s")) || 5;
+  setInterval(() => { if (!events.stopped) refreshLists(); }, refreshSeconds * 1000);
   if (sessionStorage.getItem(KEY_TOKEN)) startDesk();
   else $("login-view").hidden = false;
 }

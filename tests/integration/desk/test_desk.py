@@ -128,11 +128,14 @@ async def test_queued_text_is_taken_replied_and_closed(
 
 
 async def test_two_desks_race_for_one_conversation(desk: Desk, desk_browser: DeskBrowser) -> None:
+    # Queued before the desks start: each shows it from its first list load.
+    conv = await desk.services.inbox.receive("chat", "web-visitor-77", "hello?", skill="fr")
     pages: dict[str, Page] = {}
     for login in ("agent1", "agent2"):
         pages[login] = await desk_browser.new_page()
+        # No periodic list refresh may remove the button between the two clicks.
+        await pages[login].add_init_script("localStorage.setItem('cti.refresh.s', '3600')")
         await desk.login(pages[login], login)
-    conv = await desk.services.inbox.receive("chat", "web-visitor-77", "hello?", skill="fr")
     buttons = [
         p.locator(f"#queue-list li[data-id='{conv.id}'] button.take") for p in pages.values()
     ]
@@ -208,7 +211,7 @@ async def test_reconnect_resumes_from_last_seq(desk: Desk, desk_browser: DeskBro
     # Leave the page (the socket closes), miss a pop, come back: it is replayed.
     await page.goto("about:blank")
     await offer_call(desk, "+442079460123", "JOHN", "pbx1:1700000001.2", "agent1")
-    await page.go_back()
+    await page.goto(f"{desk.base_url}/desk/")
     await page.wait_for_function(
         "() => document.getElementById('card-name')?.textContent === 'John Smith'"
     )

@@ -52,6 +52,7 @@ class Api:
         return next((m for m in q.members if m.interface == interface), None) if q else None
 
     async def ready(self, interface: str) -> None:
+        await self.link.queue_pause(interface, False, "support")  # whatever an earlier test left
         await until(f"{interface} NOT_INUSE", lambda: (m := self.member(interface)) is not None
                     and m.device_state == "NOT_INUSE" and not m.paused)
 

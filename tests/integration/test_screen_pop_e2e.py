@@ -132,6 +132,7 @@ async def test_screen_pop_before_answer_then_history(
 
     await until("the pbx:lab link up", pbx_up)
     link = desk.app[PBX_LINKS]["lab"]
+    await link.queue_pause("PJSIP/agent1", False, "support")  # whatever an earlier test left
     phone = await phone_factory("agent1")
 
     async def agent1_free() -> bool:

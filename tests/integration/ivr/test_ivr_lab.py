@@ -184,3 +184,28 @@ async def test_periodic_announcement_keeps_the_place_in_line(lab: IvrLab) -> Non
     assert announced[:2] == ["position:3:wait:180", "position:1:wait:60"], steps(memory)
     response = await lab.ami.action({"Action": "Hangup", "Channel": channel})
     assert response.get("Response") == "Success", response
+
+
+async def test_failed_deflection_puts_the_caller_back_in_the_queue(lab: IvrLab) -> None:
+    short = dataclasses.replace(CONFIG, language_prompts=("beep",), menu_prompts=("beep",))
+    lab.server.routes["inbound"] = make_inbound(short)
+    memory = lab.memory
+    memory.deflection.fail = True
+    await call_in(lab)
+    session = await session_at(lab, "inbound", "language")
+    channel = session.environment.channel
+    await press(lab, channel, "1", recorded(memory, "language"))
+    await session_at(lab, "inbound", "menu")
+    await press(lab, channel, "2", recorded(memory, "menu"))
+
+    def joins() -> list[dict[str, str]]:
+        return [e for e in lab.ami.events
+                if e.get("Event") == "QueueCallerJoin" and e.get("Channel") == channel]
+
+    await wait_until(lambda: len(joins()) == 1, "the caller to join the queue")
+    await press(lab, channel, "1", lambda: ("queue_exit", "deflect_failed") in steps(memory))
+    await wait_until(lambda: len(joins()) == 2, "the caller to be back in the queue")
+    assert [e["Queue"] for e in joins()] == ["sales", "sales"]
+    assert not [e for e in lab.ami.events if e.get("UserEvent") == "CtiQueueOutcome"]
+    response = await lab.ami.action({"Action": "Hangup", "Channel": channel})
+    assert response.get("Response") == "Success", response

@@ -73,3 +73,77 @@ async def desk(tmp_path: Path) -> AsyncIterator[Desk]:
         yield Desk(str(server.make_url("")).rstrip("/"), services)
     finally:
         await server.close()
+
+
+class CuttableLink:
+    """A loopback TCP relay in front of the server that the test can cut.
+
+    Cutting stops listening and closes every relayed connection, as a network
+    drop would; ``restore()`` listens again on the same port.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self._target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._accept, "127.0.0.1", self.port, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers.update((writer, up_writer))
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(src, dst))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            dst.close()
+            self._writers.discard(dst)
+
+    async def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def restore(self) -> None:
+        await self.start()
+
+    async def close(self) -> None:
+        await self.cut()
+
+
+@pytest.fixture
+async def cuttable(desk: Desk) -> AsyncIterator[tuple[Desk, CuttableLink]]:
+    """The desk server reached through a relay the test can cut."""
+    port = int(desk.base_url.rsplit(":", 1)[1])
+    link = CuttableLink(port)
+    await link.start()
+    try:
+        yield Desk(f"http://127.0.0.1:{link.port}", desk.services), link
+    finally:
+        await link.close()

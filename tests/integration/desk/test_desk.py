@@ -15,7 +15,7 @@ from cti.history import HistoryEntry, timeline
 from cti.models import Conversation
 from pbx.changes import CallOffered, CallQueued
 from sms_gateway.encoding import count_segments
-from tests.integration.desk.conftest import Desk, wait_for
+from tests.integration.desk.conftest import CuttableLink, Desk, wait_for
 from tests.peers.browser import DeskBrowser
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -353,3 +353,37 @@ async def test_unknown_caller_is_linked_to_an_existing_customer(
     assert "+79995550000" in (await page.text_content("#card") or "")
     found = await svc.customers.lookup("phone", "+79995550000")
     assert found is not None and found.id == known.id
+
+
+async def test_network_drop_reconnects_and_replays_missed_pop(
+    cuttable: tuple[Desk, CuttableLink], desk_browser: DeskBrowser
+) -> None:
+    desk, link = cuttable
+    svc = desk.services
+    await svc.customers.create("Анна Смирнова", [ContactInput("phone", "+79035550101")])
+    await svc.customers.create("John Smith", [ContactInput("phone", "+442079460123")])
+    page = await desk_browser.new_page()
+    await desk.login(page, "agent1")
+    agent1 = (await svc.agents.by_endpoint("PJSIP/agent1")).id  # type: ignore[union-attr]
+    await offer_call(desk, "+79035550101", "ANNA", "pbx1:1700000003.1", "agent1")
+    await page.wait_for_function(
+        "() => document.getElementById('card-name')?.textContent === 'Анна Смирнова'"
+    )
+    seen = int(await page.get_attribute("body", "data-last-seq") or "0")
+
+    await link.cut()
+    await page.wait_for_selector("#conn.conn-down")
+
+    async def server_dropped_it() -> bool:
+        return agent1 not in svc.hub.connected_agents()
+
+    await wait_for(server_dropped_it, "the server to see the socket gone")
+    await offer_call(desk, "+442079460123", "JOHN", "pbx1:1700000003.2", "agent1")
+    await link.restore()
+    await page.wait_for_selector("#conn.conn-up")
+    await page.wait_for_function(
+        "() => document.getElementById('card-name')?.textContent === 'John Smith'"
+    )
+    # The same page (no reload) asked for what followed its last seq: two pops in all.
+    assert await page.get_attribute("body", "data-resumed-from") == str(seen)
+    assert await page.get_attribute("body", "data-pops") == "2"

@@ -241,7 +241,7 @@ function showPop(msg) {
       ["Caller name", inter.caller_name],
     ]),
   );
-  renderCard(msg.customer || {}, inter.caller || inter.contact || "");
+  renderCard(msg.customer || {}, inter.caller || inter.contact || "", msg.channel);
   startTimeline(msg.customer?.id ?? null, msg.history || []);
 }
 
@@ -263,13 +263,13 @@ function setCallState(msg) {
   }
 }
 
-function renderCard(customer, contact) {
+function renderCard(customer, contact, channel = "voice") {
   const card = $("card");
   if (customer.provisional) {
     const name = el("input", { id: "quick-name", placeholder: "new customer name", maxlength: "200" });
     const phone = el("input", { id: "quick-phone", placeholder: "existing customer's phone", maxlength: "64" });
     card.replaceChildren(
-      el("div", { class: "card-name unknown" }, "Unknown caller"),
+      el("div", { class: "card-name unknown" }, channel === "voice" ? "Unknown caller" : "Unknown contact"),
       dl([["Contact", contact || identityText(customer)]]),
       el("form", { class: "quick", onsubmit: (e) => quickCreate(e, name.value, contact) },
         name, el("button", { type: "submit" }, "Create")),
@@ -368,6 +368,15 @@ function addEvents(list) {
   for (const e of list) {
     if (isNewEvent(e)) ol.append(timelineItem(e));
   }
+}
+
+// A live event of the customer on screen goes on top of the timeline.
+function prependLive(customerId, kind, channel, conversationId, payload) {
+  if (customerId !== pop.customerId) return;
+  const e = { id: null, kind, channel, conversation_id: conversationId,
+              occurred_at: new Date().toISOString(), payload };
+  const ol = $("timeline");
+  ol.prepend(timelineItem(e));
 }
 
 function startTimeline(customerId, first) {
@@ -538,6 +547,7 @@ function onMessage(msg) {
   }
   if (entry.messages === null) entry.messages = [];
   entry.messages.push({ dir: "in", text: msg.text, at: new Date().toISOString(), status: "" });
+  prependLive(entry.conv.customer_id, "message_in", msg.channel, entry.conv.id, { text: msg.text });
   if (msg.conversation_id === activeId) {
     $("messages").append(messageItem(entry.messages.at(-1)));
     $("messages").scrollTop = $("messages").scrollHeight;
@@ -565,6 +575,8 @@ async function sendReply(ev) {
     const result = await api("POST", `/conversations/${entry.conv.id}/messages`, { text });
     entry.messages.push({ dir: "out", text, at: new Date().toISOString(), status: result.status });
     entry.replied = true;
+    prependLive(entry.conv.customer_id, "message_out", entry.conv.channel, entry.conv.id,
+      { text, status: result.status });
     sessionStorage.removeItem(`cti.draft.${entry.conv.id}`);
     $("reply").value = "";
     renderActive();

@@ -116,6 +116,11 @@ async def test_queued_text_is_taken_replied_and_closed(
         "() => document.querySelectorAll('#messages li.msg-in').length === 2"
     )
     assert "Спасибо" in (await page.text_content("#messages li.msg-in >> nth=1") or "")
+    # The customer's timeline beside the conversation follows live, newest first.
+    top = await page.eval_on_selector_all(
+        "#timeline li .tl-text", "ls => ls.slice(0, 2).map(l => l.textContent)"
+    )
+    assert top == ["Спасибо", reply], top
     await desk_browser.screenshot(page, "desk-conversation")
 
     await page.fill("#wrapup", "resolved")

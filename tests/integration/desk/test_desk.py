@@ -330,6 +330,15 @@ async def test_login_status_sla_colours_and_screen_fit(
     )
     assert size[0] <= 1366 and size[1] <= 768, size
 
+    # A draft survives a reload.
+    await page.fill("#reply", "draft in progress")
+    await page.reload()
+    await page.wait_for_selector("#conn.conn-up")
+    await page.click(f"#tabs .tab[data-id='{ids['red']}']")
+    await page.wait_for_function(
+        "() => document.getElementById('reply').value === 'draft in progress'"
+    )
+
     # Unknown contact: quick create makes a customer and links the contact to it.
     await page.fill("#quick-name", "Red <b>Visitor</b>")
     await page.click("#card form.quick button >> nth=0")

@@ -20,6 +20,7 @@ CSP = (
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+WEB_INSTALLED = web.AppKey("desk_web_installed", bool)
 
 
 async def _root(request: web.Request) -> web.StreamResponse:
@@ -41,6 +42,10 @@ async def _security_headers(request: web.Request, handler: Handler) -> web.Strea
 
 
 def setup_web(app: web.Application) -> None:
+    """Add the desk routes; a second call on the same app does nothing."""
+    if app.get(WEB_INSTALLED):
+        return
+    app[WEB_INSTALLED] = True
     app.middlewares.append(_security_headers)
     app.router.add_get("/", _root)
     app.router.add_get("/desk", _root)

@@ -378,7 +378,9 @@ async def test_network_drop_reconnects_and_replays_missed_pop(
     await svc.customers.create("John Smith", [ContactInput("phone", "+442079460123")])
     page = await desk_browser.new_page()
     await desk.login(page, "agent1")
-    agent1 = (await svc.agents.by_endpoint("PJSIP/agent1")).id  # type: ignore[union-attr]
+    agent = await svc.agents.by_endpoint("PJSIP/agent1")
+    assert agent is not None
+    agent1 = agent.id
     await offer_call(desk, "+79035550101", "ANNA", "pbx1:1700000003.1", "agent1")
     await page.wait_for_function(
         "() => document.getElementById('card-name')?.textContent === 'Анна Смирнова'"

@@ -162,6 +162,7 @@ class FastAgiServer:
     ) -> None:
         peer = writer.get_extra_info("peername")
         host = str(peer[0]) if peer else "?"
+        host = host.removeprefix("::ffff:")  # IPv4-mapped, when listening on "::"
         if host not in self.settings.allowed_hosts:
             self.counters.rejected_host += 1
             self._log_rejection(host, "host not allowed")

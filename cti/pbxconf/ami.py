@@ -52,7 +52,7 @@ def split_messages(buffer: bytearray) -> list[list[tuple[str, str]]]:
         for line in raw.decode("utf-8", errors="replace").split("\r\n"):
             key, sep, value = line.partition(":")
             if sep:
-                headers.append((key.strip(), value.strip()))
+                headers.append((key.strip(), value.removeprefix(" ").rstrip()))
         out.append(headers)
 
 

@@ -48,7 +48,7 @@ def live_state(ami: AmiClient) -> tuple[set[str], dict[str, set[str]]]:
             current = set()
             queues[header.group(1)] = current
             continue
-        member = re.match(r"^\s+(\S+) \(PJSIP/", line)
+        member = re.match(r"^\s*(\S+) \(PJSIP/", line)
         if member and current is not None:
             current.add(member.group(1))
     return endpoints, queues

@@ -76,7 +76,7 @@ async def api(tmp_path: Path, lab_pbx: LabPbx) -> AsyncIterator[Api]:
         resp = await client.post("/api/v1/auth/token",
                                  json={"login": ADMIN[0], "password": ADMIN[1]})
         tokens = {"admin": (await resp.json())["token"]}
-        for login in ("agent1", "agent2"):
+        for login in ("agent1", "agent2", "agent3"):
             resp = await client.post(
                 "/api/v1/agents",
                 json={"login": login, "password": f"{login}-pw", "name": login.title(),
@@ -119,28 +119,31 @@ async def test_pause_with_reason_and_bad_input(api: Api) -> None:
 
 
 async def test_click_to_dial_then_hangup(api: Api, lab_pbx: LabPbx, phone_factory: Any) -> None:
+    # agent1 dials agent2's extension: the callee is a second pjsua2 phone
     agent = await phone_factory("agent1")
-    customer = await phone_factory.customer(lab_pbx.carrier_port)
+    callee = await phone_factory("agent2")
     await api.ready("PJSIP/agent1")
+    await api.ready("PJSIP/agent2")
     placing = asyncio.create_task(api.post("agent1", "/api/v1/calls",
-                                           {"number": "8 (916) 555-00-11"}))
+                                           {"number": lab_pbx.agent_exten("agent2")}))
     await agent.wait_for_incoming(20)
+    assert callee.state == "idle"  # agent first
     await agent.answer()
     resp = await asyncio.wait_for(placing, TIMEOUT)
     assert resp.status == 201, await resp.text()
     placed = await resp.json()
     assert placed["pbx"] == "lab" and placed["channel"].startswith("PJSIP/agent1-")
-    await customer.wait_for_incoming(20)
-    await customer.answer()
-    await customer.wait_state("connected", 10)
+    await callee.wait_for_incoming(20)
+    await callee.answer()
+    await callee.wait_state("connected", 10)
     call_id = placed["call_id"]
     await until("the call connected", lambda: (s := api.link.call(call_id)) is not None
                 and len(s.legs) == 2)
-    resp = await api.post("agent2", f"/api/v1/calls/{call_id}/hangup")
-    assert resp.status == 403  # not agent2's call
+    resp = await api.post("agent3", f"/api/v1/calls/{call_id}/hangup")
+    assert resp.status == 403  # not agent3's call
     resp = await api.post("agent1", f"/api/v1/calls/{call_id}/hangup")
     assert resp.status == 200, await resp.text()
-    await customer.wait_state("disconnected", 10)
+    await callee.wait_state("disconnected", 10)
     await agent.wait_state("disconnected", 10)
     await until("the call gone", lambda: api.link.call(call_id) is None)
 

@@ -16,7 +16,7 @@ from cti.pbxconf.apply import ApplyError, apply, live_state
 from cti.pbxconf.description import dump_description
 from cti.pbxconf.files import import_dir
 from tests.peers.asterisk import LabPbxFactory
-from tests.peers.sipp import register_agent
+from tests.peers.sipp import agent_answering, caller_call, register_agent
 
 pytestmark = pytest.mark.integration
 
@@ -118,3 +118,21 @@ def test_reload_rejected_by_asterisk_rolls_back_and_pbx_keeps_working(
     assert registers(pbx, tmp_path / "sipp", "agent1", pbx.agents["agent1"])
     assert registers(pbx, tmp_path / "sipp", "agent5", str(AGENT5["secret"]))
     assert pbx.pid == pid and pbx.is_running()
+
+
+def test_applied_queue_takes_a_call_answered_by_the_applied_agent(
+    lab_pbx_factory: LabPbxFactory, tmp_path: Path
+) -> None:
+    pbx = own_pbx(lab_pbx_factory)
+    pid = pbx.pid
+    data = import_dir(pbx.etc_dir)
+    data["agents"].append(dict(AGENT5))
+    data["queues"].append({"name": "billing", "number": "300", "members": ["agent5"]})
+    apply(data, pbx.etc_dir, AmiTarget.from_url(pbx.ami_url))
+    pbx.agents["agent5"] = str(AGENT5["secret"])  # what the SIPp helpers register with
+    agent = agent_answering(pbx, tmp_path / "sipp", "agent5", ring=0.5, timeout=60)
+    caller = caller_call(pbx, tmp_path / "sipp", number="300", hangup_after=2.0, timeout=60)
+    assert caller.wait(60).ok
+    assert agent.wait(60).ok
+    assert "billing has 0 calls" in pbx.cli("queue show billing")
+    assert pbx.pid == pid

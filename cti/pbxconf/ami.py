@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 MAX_MESSAGE = 1024 * 1024
@@ -26,7 +26,7 @@ class AmiTarget:
     host: str
     port: int
     user: str
-    secret: str
+    secret: str = field(repr=False)
 
     @classmethod
     def from_url(cls, url: str) -> AmiTarget:

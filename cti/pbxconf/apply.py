@@ -105,6 +105,8 @@ def apply(data: Mapping[str, Any], etc: Path, target: AmiTarget,
     result = ApplyResult(changed=changed_files(current, wanted))
     if not result.changed:
         return result
+    with AmiClient(target) as ami:  # refuse before writing if reloads cannot be sent
+        ami.command("core show version")
     needed = {RELOADS.get(name) for name in result.changed}
     result.reloads = [c for c in RELOAD_ORDER if c in needed]
     result.restart_needed = [n for n in result.changed if RELOADS.get(n) is None]

@@ -136,3 +136,17 @@ def test_applied_queue_takes_a_call_answered_by_the_applied_agent(
     assert agent.wait(60).ok
     assert "billing has 0 calls" in pbx.cli("queue show billing")
     assert pbx.pid == pid
+
+
+def test_apply_without_the_command_class_writes_nothing(
+    lab_pbx_factory: LabPbxFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pbx = lab_pbx_factory()  # the CTI's least-privilege AMI user: no 'command'
+    desc = tmp_path / "cc.yaml"
+    desc.write_text(dump_description(with_agent5(import_dir(pbx.etc_dir))), encoding="utf-8")
+    before = {p.name: p.read_text() for p in pbx.etc_dir.glob("*.conf")}
+    assert run_cli("apply", str(desc), "--etc", str(pbx.etc_dir), "--ami-url", pbx.ami_url) == 1
+    err = capsys.readouterr().err
+    assert "AMI refused 'core show version'" in err and pbx.ami_secret not in err
+    assert {p.name: p.read_text() for p in pbx.etc_dir.glob("*.conf")} == before
+    assert not list(pbx.etc_dir.glob(".pbxconf-backup-*"))

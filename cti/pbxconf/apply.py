@@ -11,6 +11,7 @@ reloads again, so the PBX runs its previous configuration.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import time
@@ -98,6 +99,25 @@ def _reload(target: AmiTarget, commands: list[str]) -> None:
                 raise AmiError(f"{command!r}: {output.strip()}")
 
 
+def _write_like(path: Path, text: str) -> None:
+    """Replace ``path`` atomically, keeping its mode and (when allowed) its owner.
+
+    Asterisk usually runs as its own user: a file rewritten by root with a
+    new owner would become unreadable to it.
+    """
+    tmp = path.with_name(f".{path.name}.pbxconf-new")
+    tmp.write_text(text, encoding="utf-8")
+    try:
+        old = path.stat()
+    except FileNotFoundError:
+        tmp.chmod(0o640)
+    else:
+        tmp.chmod(old.st_mode & 0o7777)
+        if os.geteuid() == 0:
+            os.chown(tmp, old.st_uid, old.st_gid)
+    tmp.replace(path)
+
+
 def apply(data: Mapping[str, Any], etc: Path, target: AmiTarget,
           verify_timeout: float = 10.0) -> ApplyResult:
     wanted = render(data)
@@ -122,10 +142,7 @@ def apply(data: Mapping[str, Any], etc: Path, target: AmiTarget,
         if current[name] is not None:
             shutil.copy2(etc / name, backup / name)
     for name in result.changed:
-        tmp = etc / f".{name}.pbxconf-new"
-        tmp.write_text(wanted[name], encoding="utf-8")
-        tmp.chmod(0o600)
-        tmp.replace(etc / name)
+        _write_like(etc / name, wanted[name])
     try:
         _reload(target, result.reloads)
         problems = _verify(data, target, verify_timeout)

@@ -209,6 +209,5 @@ async def test_health_follows_asterisk_crash_and_restart(
         await until("pbx:lab up after the restart", up)
         again = await desk.link()
         assert again["connects"] > first["connects"]
-        assert again["asterisk_started"] != first["asterisk_started"]
     finally:
         await desk.client.close()

@@ -16,20 +16,24 @@ from cti.app import create_app
 from cti.config import ConfigError, Settings, load_settings
 from cti.demo import seed
 from cti.keys import SERVICES
+from cti.links.callcontrol import setup_call_control
+from cti.links.lab import attach_lab
+from cti.links.pbx import setup_pbx_links
+from cti.links.sms import sms_links
+from cti.web import setup_web
 
 log = logging.getLogger("cti.serve")
 
-LabHook = Callable[[web.Application, Settings], None]
-
-
-def attach_lab(app: web.Application, settings: Settings) -> None:
-    """Hook for ``--lab``: start the lab PBX (cti.lab.LabPbx) and feed its changes.
-
-    The lead wires it: append a cleanup_ctx that starts the lab Asterisk, opens
-    the AMI link, registers its health probe with ``app[SERVICES].links`` and
-    forwards each pbx.changes event to ``await app[SERVICES].calls.handle(change)``.
-    """
-    raise ConfigError("--lab is not wired yet: see cti.serve.attach_lab")
+def build_app(settings: Settings, *, lab: bool = False) -> web.Application:
+    """The whole server: core API, desk, AMI links + call control, SMPP links, lab PBX."""
+    app = create_app(settings)
+    setup_web(app)
+    setup_pbx_links(app)
+    setup_call_control(app)
+    app.cleanup_ctx.append(sms_links())
+    if lab:
+        attach_lab(app, settings)
+    return app
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -54,12 +58,10 @@ def _demo_ctx(logins: list[tuple[str, str]]) -> Callable[[web.Application], Asyn
 
 
 async def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    app = create_app(settings)
+    app = build_app(settings, lab=args.lab)
     logins: list[tuple[str, str]] = []
     if args.demo:
         app.cleanup_ctx.append(_demo_ctx(logins))
-    if args.lab:
-        attach_lab(app, settings)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:

@@ -25,6 +25,7 @@ import asyncio
 import itertools
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
@@ -51,6 +52,7 @@ MAX_URI_CHARS: Final = 512
 MAX_NAME_CHARS: Final = 128
 DTMF_DURATION_MS: Final = 120
 _PJ_EINVALIDOP: Final = 70013
+STALE_DTMF_WINDOW: Final = 1.0  # seconds after a re-INVITE rebuilt the media stream
 _DTMF_IS_UPDATE: Final = 1  # PJMEDIA_STREAM_DTMF_IS_UPDATE (not exported by pjsua2)
 _NUMBER_RE: Final = re.compile(r"^[A-Za-z0-9+*#._~!-]{1,64}$")
 _HOST_RE: Final = re.compile(r"^[A-Za-z0-9.:\[\]-]{1,255}$")
@@ -182,11 +184,14 @@ class _PjCall(pj.Call):  # type: ignore[misc]
         self.core = core
         self.serial = serial
         self.last_dtmf: tuple[str, int] | None = None
+        self.media_rebuilt_at = float("-inf")
+        self.last_dtmf_at = float("-inf")
 
     def onCallState(self, prm: Any) -> None:
         self.core.on_call_state(self)
 
     def onCallMediaState(self, prm: Any) -> None:
+        self.media_rebuilt_at = time.monotonic()
         self.core.on_media_state(self)
         self.core.on_call_state(self)
 
@@ -206,12 +211,25 @@ class _PjCall(pj.Call):  # type: ignore[misc]
         # digit per event: count the first report of it, i.e. not an update.
         # Quirk: after a hold/unhold re-INVITE pjsua builds a new stream, and
         # Asterisk's retransmitted end packets of the last event then show up
-        # as a new start with the same digit and timestamp: skip those.
+        # as a new start with the same digit and timestamp: skip those. On a
+        # loaded machine the stale tail can reach the new stream with another
+        # timestamp, so a repeat of the last digit received BEFORE the rebuild,
+        # arriving within STALE_DTMF_WINDOW after it, is treated as that tail too.
         digit, stamp = str(prm.digit), int(prm.timestamp)
         log.debug("DTMF event %s flags=%s ts=%s", digit, prm.flags, stamp)
         if int(prm.flags) & _DTMF_IS_UPDATE or (digit, stamp) == self.last_dtmf:
             return
+        now = time.monotonic()
+        last_digit = self.last_dtmf[0] if self.last_dtmf else None
+        if (
+            digit == last_digit
+            and self.last_dtmf_at < self.media_rebuilt_at
+            and now - self.media_rebuilt_at < STALE_DTMF_WINDOW
+        ):
+            log.debug("DTMF %s right after a media rebuild: stale tail, skipped", digit)
+            return
         self.last_dtmf = (digit, stamp)
+        self.last_dtmf_at = now
         self.core.on_dtmf(self, digit)
 
 

@@ -17,6 +17,8 @@ from urllib.parse import unquote, urlsplit
 
 import phonenumbers
 
+from sms_gateway.esme import SmppConfig, SmppConfigError
+
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the setting."""
@@ -47,6 +49,8 @@ class SmppLink:
     port: int
     system_id: str
     password: str = field(repr=False)
+    # The whole URL, query options included (source_addr, window, tps, max_parts...).
+    url: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +121,11 @@ def parse_ami_url(value: str, name: str = "CTI_AMI_URL", pbx: str = "pbx1") -> A
 
 def parse_smpp_url(value: str, name: str = "CTI_SMPP_URL", link: str = "smpp1") -> SmppLink:
     host, port, user, secret = _split_url(value, "smpp", name, 2775)
-    return SmppLink(name=link, host=host, port=port, system_id=user, password=secret)
+    try:
+        SmppConfig.from_url(value, name=link)
+    except (SmppConfigError, TypeError) as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    return SmppLink(name=link, host=host, port=port, system_id=user, password=secret, url=value)
 
 
 def parse_bootstrap_admin(value: str) -> BootstrapAdmin:

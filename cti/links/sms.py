@@ -54,7 +54,9 @@ _KEY = re.compile(r"^c(\d{1,18})-[0-9a-f]{32}$")
 
 
 def default_config(link: SmppLink) -> SmppConfig:
-    """The ESME settings from a configured link (ESME defaults for the rest)."""
+    """The ESME settings from a configured link: its URL's options, ESME defaults for the rest."""
+    if link.url:
+        return SmppConfig.from_url(link.url, name=link.name)
     return SmppConfig(
         host=link.host,
         port=link.port,

@@ -22,5 +22,5 @@ def test_url_options_reach_the_esme_config() -> None:
 
 
 def test_an_unknown_url_option_is_a_config_error_naming_it() -> None:
-    with pytest.raises(ConfigError, match="CTI_SMPP_URL.*windw"):
+    with pytest.raises(ConfigError, match=r"CTI_SMPP_URL.*windw"):
         load_settings(None, {"CTI_SMPP_URL": "smpp://esme:pw@127.0.0.1:2776?windw=4"})

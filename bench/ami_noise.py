@@ -12,13 +12,12 @@ and checks that PbxTracker produces the same changes from both streams.
 
 from __future__ import annotations
 
-import socket
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
+from bench.ami_capture import raw_ami_capture
 from cti.lab import AMI_READ, LabPbx
 from pbx import events as ev
 from pbx.framing import AmiParser
@@ -36,38 +35,15 @@ class UnfilteredLabPbx(LabPbx):
 
 def one_call(pbx: LabPbx, work: Path) -> bytes:
     pbx.start()
-    chunks: list[bytes] = []
-    stop = threading.Event()
-    sock = socket.create_connection((pbx.host, pbx.ami_port), timeout=5)
-    thread = None
     try:
-        sock.sendall(f"Action: Login\r\nUsername: {pbx.ami_user}\r\nSecret: {pbx.ami_secret}"
-                     "\r\nEvents: on\r\n\r\n".encode())
-        sock.settimeout(0.2)
-
-        def reader() -> None:
-            while not stop.is_set():
-                try:
-                    data = sock.recv(65536)
-                except TimeoutError:
-                    continue
-                if not data:
-                    return
-                chunks.append(data)
-
-        thread = threading.Thread(target=reader)
-        thread.start()
-        agent = agent_answering(pbx, work, "agent1", ring=1.0)
-        time.sleep(1.0)
-        caller = caller_call(pbx, work, caller_number="+79161234567", hangup_after=4)
-        caller.wait(60)
-        agent.wait(60)
-        time.sleep(1.0)
+        with raw_ami_capture(pbx) as chunks:
+            agent = agent_answering(pbx, work, "agent1", ring=1.0)
+            time.sleep(1.0)
+            caller = caller_call(pbx, work, caller_number="+79161234567", hangup_after=4)
+            caller.wait(60)
+            agent.wait(60)
+            time.sleep(1.0)
     finally:
-        stop.set()
-        if thread is not None:
-            thread.join()
-        sock.close()
         pbx.stop()
     return b"".join(chunks)
 

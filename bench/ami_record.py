@@ -11,13 +11,12 @@ response holds no secret (only what Asterisk sent is kept).
 
 from __future__ import annotations
 
-import socket
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+from bench.ami_capture import raw_ami_capture
 from cti.lab import LabPbx
 from tests.peers.sipp import Dtmf, Pause, agent_answering, caller_call
 
@@ -26,47 +25,27 @@ def main(out: Path) -> int:
     with tempfile.TemporaryDirectory(prefix="ami-rec-") as tmp:
         pbx = LabPbx(Path(tmp) / "pbx")
         pbx.start()
-        chunks: list[bytes] = []
-        stop = threading.Event()
-        sock = socket.create_connection((pbx.host, pbx.ami_port), timeout=5)
-        thread: threading.Thread | None = None
         try:
-            sock.sendall(f"Action: Login\r\nActionID: rec-1\r\nUsername: {pbx.ami_user}\r\n"
-                         f"Secret: {pbx.ami_secret}\r\nEvents: on\r\n\r\n".encode())
-            sock.settimeout(0.2)
-
-            def reader() -> None:
-                while not stop.is_set():
-                    try:
-                        data = sock.recv(65536)
-                    except TimeoutError:
-                        continue
-                    if not data:
-                        return
-                    chunks.append(data)
-
-            thread = threading.Thread(target=reader)
-            thread.start()
-            work = Path(tmp) / "sipp"
-            agents = [agent_answering(pbx, work, name, ring=1.5) for name in ("agent1", "agent2")]
-            time.sleep(1.0)
-            callers = [
-                caller_call(pbx, work, caller_number="+79161234567", caller_name="Иван Петров",
-                            steps=[Pause(2.0), Dtmf("5")], hangup_after=6, name="c1"),
-                caller_call(pbx, work, caller_number="+79031112233", caller_name="Мария",
-                            hangup_after=5, name="c2"),
-            ]
-            time.sleep(4.0)
-            callers.append(caller_call(pbx, work, caller_number="84951234567",
-                                       caller_name="Abandoner", hangup_after=3, name="c3"))
-            for proc in callers + agents:
-                proc.wait(60)
-            time.sleep(1.0)
+            with raw_ami_capture(pbx, action_id="rec-1") as chunks:
+                work = Path(tmp) / "sipp"
+                agents = [
+                    agent_answering(pbx, work, name, ring=1.5) for name in ("agent1", "agent2")
+                ]
+                time.sleep(1.0)
+                callers = [
+                    caller_call(pbx, work, caller_number="+79161234567",
+                                caller_name="Иван Петров", steps=[Pause(2.0), Dtmf("5")],
+                                hangup_after=6, name="c1"),
+                    caller_call(pbx, work, caller_number="+79031112233", caller_name="Мария",
+                                hangup_after=5, name="c2"),
+                ]
+                time.sleep(4.0)
+                callers.append(caller_call(pbx, work, caller_number="84951234567",
+                                           caller_name="Abandoner", hangup_after=3, name="c3"))
+                for proc in callers + agents:
+                    proc.wait(60)
+                time.sleep(1.0)
         finally:
-            stop.set()
-            if thread is not None:
-                thread.join()
-            sock.close()
             pbx.stop()
         data = b"".join(chunks)
         out.write_bytes(data)

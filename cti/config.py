@@ -78,11 +78,27 @@ class Settings:
     socket_queue: int = 256
     history_batch: int = 500
     history_flush_interval: float = 0.05
+    # Base URL customers reach (links in SMS); "" = derived from http_listen.
+    public_url: str = ""
+    chat_token_ttl: float = 24 * 3600.0
+    callback_attempts: int = 3
+    callback_retry_delay: float = 120.0
 
     def database_url(self) -> str:
         if self.db_url:
             return self.db_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'cti.sqlite3').as_posix()}"
+
+    def base_url(self) -> str:
+        """Where customers' browsers reach this server (no trailing slash)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.http_listen.host
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.http_listen.port}"
 
 
 def parse_host_port(value: str, name: str) -> HostPort:
@@ -133,6 +149,13 @@ def parse_bootstrap_admin(value: str) -> BootstrapAdmin:
     if not sep or not login.strip() or not password:
         raise ConfigError("CTI_BOOTSTRAP_ADMIN: expected login:password")
     return BootstrapAdmin(login.strip(), password)
+
+
+def parse_public_url(value: str, name: str = "CTI_PUBLIC_URL") -> str:
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name}: expected an http(s)://host[:port][/path] URL")
+    return value.strip().rstrip("/")
 
 
 def parse_region(value: str, name: str = "CTI_DEFAULT_REGION") -> str:
@@ -196,6 +219,17 @@ def _from_file(path: Path) -> dict[str, Any]:
         values["max_text_conversations"] = int(n)
     if (n := _number(server, "max_body_bytes", "server", 1024, 64 * 1024 * 1024)) is not None:
         values["max_body_bytes"] = int(n)
+    if (v := _str(server, "public_url", "server")) is not None:
+        values["public_url"] = parse_public_url(v, "server.public_url")
+    if (n := _number(server, "chat_token_ttl", "server", 60, 30 * 86400)) is not None:
+        values["chat_token_ttl"] = n
+    callbacks = data.get("callbacks", {})
+    if not isinstance(callbacks, dict):
+        raise ConfigError("[callbacks] must be a table")
+    if (n := _number(callbacks, "attempts", "callbacks", 1, 20)) is not None:
+        values["callback_attempts"] = int(n)
+    if (n := _number(callbacks, "retry_delay", "callbacks", 1, 86400)) is not None:
+        values["callback_retry_delay"] = n
     values["ami"] = _list_of_links(data, "pbx", parse_ami_url, "ami_url")
     values["smpp"] = _list_of_links(data, "smpp", parse_smpp_url, "smpp_url")
     return values
@@ -245,4 +279,6 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         values["bootstrap_admin"] = parse_bootstrap_admin(v)
     if v := env.get("CTI_SECRET_KEY"):
         values["secret_key"] = v
+    if v := env.get("CTI_PUBLIC_URL"):
+        values["public_url"] = parse_public_url(v)
     return Settings(**values)

@@ -14,6 +14,7 @@ mid-call) and that carry no caller number are ignored.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -69,8 +70,19 @@ class CallHandler:
         self._pop = screen_pop
         self._hub = hub
         self.link_state: dict[str, PbxLinkChanged] = {}
+        # Other services that follow PBX changes (presence, IVR, callbacks, wallboard):
+        # each is awaited after the call bookkeeping, in order; one failing is logged.
+        self.listeners: list[Callable[[Change], Awaitable[None]]] = []
 
     async def handle(self, change: Change) -> None:
+        await self._handle(change)
+        for listener in list(self.listeners):
+            try:
+                await listener(change)
+            except Exception:
+                log.exception("listener %r failed on %s", listener, type(change).__name__)
+
+    async def _handle(self, change: Change) -> None:
         match change:
             case CallStarted():
                 await self._ensure(

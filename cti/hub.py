@@ -10,6 +10,12 @@ with a larger seq; if the buffer already evicted messages newer than
 ``last_seq`` the first message is ``{"type": "resync"}`` so the client reloads
 its state over REST. ``epoch`` changes on every server start so a client can
 tell that seq numbers restarted.
+
+Besides that replayed stream, ``send_live()`` delivers a message (encoded
+once) to the sockets a predicate selects, by kind of client or role, with no
+seq and no replay: commands for a softphone (a replayed "answer" would be
+wrong) and wallboard snapshots (a reconnecting wallboard fetches a fresh one).
+These counts and deliveries are per node.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import asyncio
 import json
 import secrets
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +41,8 @@ class Subscription:
     queue: asyncio.Queue[str]
     overflowed: bool = False
     delivered: int = field(default=0)
+    client: str = "desk"
+    role: str = "agent"
 
 
 class EventHub:
@@ -80,8 +88,28 @@ class EventHub:
         except asyncio.QueueFull:
             sub.overflowed = True
 
-    def subscribe(self, agent_id: int, last_seq: int | None) -> Subscription:
-        sub = Subscription(agent_id, asyncio.Queue(self._queue_size + self._replay + 1))
+    def send_live(self, select: Callable[[Subscription], bool], type_: str,
+                  body: dict[str, Any]) -> int:
+        """Encode once, offer to every selected socket (no seq, no replay); returns how many."""
+        chosen = [sub for subs in self._subs.values() for sub in subs if select(sub)]
+        if not chosen:
+            return 0
+        text = json.dumps({"type": type_, **body}, ensure_ascii=False, default=str)
+        self.encoded += 1
+        for sub in chosen:
+            self._offer(sub, text)
+        return sum(1 for sub in chosen if not sub.overflowed)
+
+    def clients(self, agent_id: int, client: str) -> int:
+        """How many of this agent's sockets on this node identified as ``client``."""
+        return sum(1 for sub in self._subs.get(agent_id, ()) if sub.client == client)
+
+    def subscribe(
+        self, agent_id: int, last_seq: int | None, *, client: str = "desk", role: str = "agent"
+    ) -> Subscription:
+        sub = Subscription(
+            agent_id, asyncio.Queue(self._queue_size + self._replay + 1), client=client, role=role
+        )
         if last_seq is not None:
             buf = self._buffers.get(agent_id)
             if buf is not None:

@@ -155,6 +155,22 @@ OPENAPI: dict[str, Any] = {
                 "Reply by SMS or chat", ok=201, params=[ID_PARAM], body=_obj(["text"], text=STR)
             )
         },
+        "/api/v1/agents/me/phone": {
+            "post": _op(
+                "Send answer/hangup/hold/unhold/dtmf to my linked softphone (409 no_softphone)",
+                ok=202,
+                body=_obj(["action"], action=STR, digits=STR),
+            ),
+            "get": _op("How many softphones I have linked (this node)"),
+        },
+        "/api/v1/agents/me/phone/state": {
+            "post": _op(
+                "The softphone reports its state (published to my desk as phone_state)",
+                ok=202,
+                body=_obj(["state"], state=STR, call={"type": "object"}, command_id=STR,
+                          error=STR),
+            )
+        },
         "/api/v1/health": {"get": _op("State of each link", auth=False)},
         "/api/v1/events": {
             "get": _op(

@@ -20,6 +20,7 @@ from cti.links.callcontrol import setup_call_control
 from cti.links.lab import attach_lab
 from cti.links.pbx import setup_pbx_links
 from cti.links.sms import sms_links
+from cti.phone_api import setup_phone_api
 from cti.web import setup_web
 
 log = logging.getLogger("cti.serve")
@@ -30,6 +31,7 @@ def build_app(settings: Settings, *, lab: bool = False) -> web.Application:
     setup_web(app)
     setup_pbx_links(app)
     setup_call_control(app)
+    setup_phone_api(app)
     app.cleanup_ctx.append(sms_links())
     if lab:
         attach_lab(app, settings)

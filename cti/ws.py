@@ -4,6 +4,11 @@ The token comes in the query (``?token=...&last_seq=N``) or in the first
 message (``{"type": "auth", "token": ..., "last_seq": N}``). After ``hello``
 the server sends the missed messages, then live ones. A client whose queue
 overflows is closed with code 4008; it reconnects with its last seq.
+
+A client may say what it is (``client``: ``desk``, the default, ``softphone``
+or ``wallboard``) in the query or the auth message: the project's softphone
+says ``softphone`` so that ``POST /api/v1/agents/me/phone`` can send it
+``phone_command`` messages (cti.phone_api).
 """
 
 from __future__ import annotations
@@ -17,13 +22,22 @@ from aiohttp import WSMsgType, web
 
 from cti.auth import Principal
 from cti.errors import DomainError, Unauthorized
-from cti.hub import Subscription
+from cti.hub import EventHub, Subscription
 from cti.keys import SERVICES
 
 AUTH_TIMEOUT = 10.0
 MAX_CLIENT_MESSAGE = 4096
 SLOW_CONSUMER = 4008
 UNAUTHORIZED = 4001
+CLIENTS = frozenset({"desk", "softphone", "wallboard"})
+
+
+def _client(value: Any) -> str:
+    if value is None or value == "":
+        return "desk"
+    if not isinstance(value, str) or value not in CLIENTS:
+        raise Unauthorized("client must be desk, softphone or wallboard")
+    return value
 
 
 def _last_seq(value: Any) -> int | None:
@@ -34,6 +48,10 @@ def _last_seq(value: Any) -> int | None:
     except (TypeError, ValueError):
         raise Unauthorized("last_seq must be an integer") from None
     return seq if seq >= 0 else None
+
+
+def _phone_link(hub: EventHub, agent_id: int) -> None:
+    hub.publish([agent_id], "phone_link", {"softphones": hub.clients(agent_id, "softphone")})
 
 
 async def _pump(ws: web.WebSocketResponse, sub: Subscription) -> None:
@@ -52,6 +70,7 @@ async def events(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     token = request.query.get("token")
     last_seq_raw: Any = request.query.get("last_seq")
+    client_raw: Any = request.query.get("client")
     try:
         if token is None:
             msg = await ws.receive(timeout=AUTH_TIMEOUT)
@@ -65,14 +84,18 @@ async def events(request: web.Request) -> web.WebSocketResponse:
                 raise Unauthorized('the first message must be {"type":"auth","token":...}')
             token = str(first.get("token") or "")
             last_seq_raw = first.get("last_seq", last_seq_raw)
+            client_raw = first.get("client", client_raw)
         who: Principal = services.agents.authenticate(token)
         last_seq = _last_seq(last_seq_raw)
+        client = _client(client_raw)
     except (DomainError, TimeoutError) as exc:
         message = exc.message if isinstance(exc, DomainError) else "no auth message in time"
         await ws.send_json({"type": "error", "error": {"code": "unauthorized", "message": message}})
         await ws.close(code=UNAUTHORIZED, message=b"unauthorized")
         return ws
-    sub = services.hub.subscribe(who.agent_id, last_seq)
+    sub = services.hub.subscribe(who.agent_id, last_seq, client=client, role=str(who.role))
+    if client == "softphone":
+        _phone_link(services.hub, who.agent_id)
     await ws.send_json(
         {
             "type": "hello",
@@ -91,6 +114,8 @@ async def events(request: web.Request) -> web.WebSocketResponse:
                 break
     finally:
         services.hub.unsubscribe(sub)
+        if client == "softphone":
+            _phone_link(services.hub, who.agent_id)
         pump.cancel()
         with contextlib.suppress(asyncio.CancelledError, ConnectionError):
             await pump

@@ -180,6 +180,57 @@ OPENAPI: dict[str, Any] = {
                 params=[_q("token"), _q("last_seq", INT)],
             )
         },
+        "/api/v1/calls/{call_id}/atxfer": {
+            "post": _op(
+                "Attended transfer (AMI Atxfer on the agent's leg)",
+                params=[{"name": "call_id", "in": "path", "required": True, "schema": STR}],
+                body=_obj(["target"], target=STR),
+            )
+        },
+        "/api/v1/agents/me/status": {
+            "get": _op("The agent's pause state and queue memberships from the PBX")
+        },
+        "/api/v1/templates": {
+            "get": _op("Reply templates ({name}, {order}, {agent})", params=[_q("channel")]),
+            "post": _op(
+                "Create a template (supervisor)",
+                ok=201,
+                body=_obj(["name", "body"], name=STR, body=STR, channel=STR),
+            ),
+        },
+        "/api/v1/templates/{id}": {
+            "put": _op(
+                "Update a template (supervisor)",
+                params=[ID_PARAM],
+                body=_obj([], name=STR, body=STR, channel=STR),
+            ),
+            "delete": _op("Delete a template (supervisor)", params=[ID_PARAM]),
+        },
+        "/api/v1/tags": {
+            "get": _op("Conversation tags"),
+            "post": _op("Create a tag", ok=201, body=_obj(["name"], name=STR)),
+        },
+        "/api/v1/wrap-up-codes": {
+            "get": _op("Wrap-up codes"),
+            "post": _op(
+                "Create a wrap-up code (supervisor)",
+                ok=201,
+                body=_obj(["code"], code=STR, label=STR),
+            ),
+        },
+        "/api/v1/conversations/{id}/tags": {
+            "post": _op(
+                "Set a conversation's tags", params=[ID_PARAM], body=_obj(["tags"], tags=STRS)
+            )
+        },
+        "/api/v1/customers/{id}/notes": {
+            "post": _op(
+                "Add a note to the customer's timeline",
+                ok=201,
+                params=[ID_PARAM],
+                body=_obj(["text"], text=STR, conversation_id=INT),
+            )
+        },
         "/api/v1/openapi.json": {"get": _op("This document", auth=False)},
     },
 }

@@ -15,6 +15,7 @@ from aiohttp import web
 from cti.app import create_app
 from cti.config import ConfigError, Settings, load_settings
 from cti.demo import seed
+from cti.desk_api import seed_desk, setup_desk_api
 from cti.keys import SERVICES
 from cti.links.callcontrol import setup_call_control
 from cti.links.lab import attach_lab
@@ -32,6 +33,7 @@ def build_app(settings: Settings, *, lab: bool = False) -> web.Application:
     setup_pbx_links(app)
     setup_call_control(app)
     setup_phone_api(app)
+    setup_desk_api(app)
     app.cleanup_ctx.append(sms_links())
     if lab:
         attach_lab(app, settings)
@@ -54,6 +56,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _demo_ctx(logins: list[tuple[str, str]]) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         logins.extend(await seed(app[SERVICES]))
+        await seed_desk(app[SERVICES])
         yield
 
     return ctx

@@ -10,8 +10,14 @@ supervisor on any call):
 - ``POST /api/v1/calls/{call_id}/transfer`` ``{"target"}``: blind transfer of
   the other party to ``target`` (an extension or number in the originate
   context); the agent's leg is released by Asterisk.
+- ``POST /api/v1/calls/{call_id}/atxfer`` ``{"target"}``: attended transfer
+  (AMI Atxfer on the agent's own leg: the other party waits on hold while the
+  agent talks to ``target``; the agent hanging up completes the transfer).
+  Needs ``atxfer`` in the PBX's features.conf ``[featuremap]``.
 - ``POST /api/v1/agents/me/pause`` ``{"paused", "reason"?, "queue"?, "pbx"?}``:
   pause or unpause the agent in one queue or all (on one PBX or every PBX).
+- ``GET /api/v1/agents/me/status``: paused, reason and each queue membership
+  of the agent's endpoint, from the live trackers (``cti.presence``).
 
 PBX errors map to HTTP: link down 503 ``pbx_unavailable``, refused by
 Asterisk 502 ``pbx_refused`` (with its message), outcome unknown 504
@@ -31,6 +37,7 @@ from cti.auth import Principal, Role
 from cti.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound
 from cti.links.pbx import PBX_LINKS
 from cti.models import Agent
+from cti.presence import member_status
 from cti.validation import json_body, req_string, string
 from pbx.actions import (
     AmiActionError,
@@ -182,6 +189,26 @@ async def transfer(request: web.Request) -> web.Response:
         raise Conflict("the call has no other party to transfer", call_id=snap.call_id)
     await _pbx(link.redirect(others[0], target, link.originate_context))
     return web.json_response({"call_id": snap.call_id, "channel": others[0], "target": target})
+
+
+@routes.post(f"/api/v1/calls/{CALL_ID}/atxfer")
+async def attended_transfer(request: web.Request) -> web.Response:
+    link, snap, endpoint = await _call(request)
+    body = await json_body(request)
+    target = _number(body, "target")
+    mine = [c for c in snap.legs or (snap.channel,) if _is_leg_of(c, endpoint)]
+    if not mine:
+        raise Conflict("you have no leg in this call to transfer from", call_id=snap.call_id)
+    await _pbx(link.atxfer(mine[0], target, link.originate_context))
+    return web.json_response({"call_id": snap.call_id, "channel": mine[0], "target": target})
+
+
+@routes.get("/api/v1/agents/me/status")
+async def my_status(request: web.Request) -> web.Response:
+    _, _, endpoint = await _me(request)
+    registry = request.app.get(PBX_LINKS)
+    links = list(registry.links.values()) if registry is not None else []
+    return web.json_response(member_status(links, endpoint))
 
 
 @routes.post("/api/v1/agents/me/pause")

@@ -246,10 +246,13 @@ async def close(request: web.Request) -> web.Response:
 async def send_message(request: web.Request) -> web.Response:
     who = principal(request)
     body = await json_body(request)
-    result = await services(request).conversations.send_message(
-        path_id(request), who, req_string(body, "text", max_len=4096)
+    result, sent_now = await services(request).conversations.send_message(
+        path_id(request),
+        who,
+        req_string(body, "text", max_len=4096),
+        idempotency_key=request.headers.get("Idempotency-Key"),
     )
-    return web.json_response(result, status=201)
+    return web.json_response(result, status=201 if sent_now else 200)
 
 
 @routes.get("/api/v1/health")

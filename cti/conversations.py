@@ -14,22 +14,54 @@ process-wide lock so two assignments do not both see the same free slot.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cti.auth import Principal, Role
 from cti.errors import AlreadyTaken, AtCapacity, Conflict, Forbidden, InvalidInput, NotFound
 from cti.history import HistoryEntry, HistoryWriter
-from cti.models import Agent, Conversation, WrapUpCode, utcnow
+from cti.models import Agent, Conversation, HistoryEvent, WrapUpCode, utcnow
 
 CHANNELS = ("voice", "sms", "chat")
 OPEN = ("queued", "assigned", "wrapup")
 MAX_TEXT = 4096
+MAX_IDEMPOTENCY_KEY = 128
+SENDING = "sending"
+REPLAY_WAIT = 30.0
+REPLAY_POLL = 0.05
+
+
+class IdempotencyKeyReused(InvalidInput):
+    code = "idempotency_key_reused"
+
+
+def check_idempotency_key(key: str) -> None:
+    """1..128 printable ASCII characters (space to tilde)."""
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not all(" " <= c <= "~" for c in key):
+        raise InvalidInput(
+            f"Idempotency-Key must be 1..{MAX_IDEMPOTENCY_KEY} printable ASCII characters",
+            field="Idempotency-Key",
+        )
+
+
+def _reply_dedup_key(conversation_id: int, key: str) -> str:
+    return f"reply:{conversation_id}:{key}"
+
+
+def _reply_json(conversation_id: int, event_id: int, payload: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "conversation_id": conversation_id,
+        "message_id": event_id,
+        "status": payload.get("status"),
+        "text": payload.get("text"),
+        "idempotency_key": payload.get("idempotency_key"),
+    }
 
 
 class OutboundSender(Protocol):
@@ -318,17 +350,30 @@ class ConversationService:
         return await self.get(conversation_id)
 
     async def send_message(
-        self, conversation_id: int, actor: Principal, text: str
-    ) -> dict[str, Any]:
+        self,
+        conversation_id: int,
+        actor: Principal,
+        text: str,
+        idempotency_key: str | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Send a reply; returns (result, sent now). With a key, a repeat replays."""
         if not text.strip() or len(text) > MAX_TEXT:
             raise InvalidInput(f"text must have 1..{MAX_TEXT} characters", field="text")
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
         conv = await self.get(conversation_id)
         if conv.owner_id != actor.agent_id:
             raise Forbidden("only the owner can reply", conversation_id=conv.id)
+        if idempotency_key is not None:
+            done = await self._replay(conv.id, idempotency_key, text)
+            if done is not None:
+                return done, False
         if conv.status != "assigned":
             raise Conflict(f"conversation {conversation_id} is {conv.status}", status=conv.status)
         if conv.channel == "voice":
             raise Conflict("a voice conversation takes no text replies", channel="voice")
+        if idempotency_key is not None:
+            return await self._send_once(conv, actor, text, idempotency_key)
         status = await self.outbound.send(conv.channel, conv.contact, text, conv.id)
         entry = HistoryEntry(
             customer_id=conv.customer_id,
@@ -338,7 +383,88 @@ class ConversationService:
             payload={"text": text, "agent_id": actor.agent_id, "status": status},
         )
         await self._history.add(entry)
-        return {"conversation_id": conv.id, "status": status, "text": text}
+        return {"conversation_id": conv.id, "status": status, "text": text}, True
+
+    # Theory of operation (Idempotency-Key): the reply's own history row is the
+    # claim. It is inserted, in its own short transaction, BEFORE the outbound
+    # call, with dedup_key "reply:<conversation>:<key>" (unique), payload status
+    # "sending" and the SHA-256 of the text. Of two concurrent requests exactly
+    # one INSERT succeeds; the other waits for the row to leave "sending" and
+    # replays it. After the send the row gets the final status; if the send
+    # raises, the claim is deleted so the client may retry with the same key.
+    # No transaction or lock is held while the gateway is called.
+    async def _send_once(
+        self, conv: Conversation, actor: Principal, text: str, key: str
+    ) -> tuple[dict[str, Any], bool]:
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        claim = HistoryEvent(
+            customer_id=conv.customer_id,
+            conversation_id=conv.id,
+            kind="message_out",
+            channel=conv.channel,
+            occurred_at=utcnow(),
+            payload={
+                "text": text,
+                "agent_id": actor.agent_id,
+                "status": SENDING,
+                "idempotency_key": key,
+                "text_sha256": digest,
+            },
+            dedup_key=_reply_dedup_key(conv.id, key),
+        )
+        try:
+            async with self._sessions() as session, session.begin():
+                session.add(claim)
+        except IntegrityError:
+            done = await self._replay(conv.id, key, text)
+            if done is None:
+                raise Conflict(
+                    "a request with this Idempotency-Key was just abandoned; retry",
+                    idempotency_key=key,
+                ) from None
+            return done, False
+        try:
+            status = await self.outbound.send(conv.channel, conv.contact, text, conv.id)
+        except Exception:
+            async with self._sessions() as session, session.begin():
+                await session.execute(delete(HistoryEvent).where(HistoryEvent.id == claim.id))
+            raise
+        payload = {**claim.payload, "status": status}
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                update(HistoryEvent)
+                .where(HistoryEvent.id == claim.id)
+                .values(payload=payload)
+                .execution_options(synchronize_session=False)
+            )
+        return _reply_json(conv.id, claim.id, payload), True
+
+    async def _replay(self, conversation_id: int, key: str, text: str) -> dict[str, Any] | None:
+        """The original response for this key, waiting while it is being sent; None if absent."""
+        dedup_key = _reply_dedup_key(conversation_id, key)
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        deadline = asyncio.get_running_loop().time() + REPLAY_WAIT
+        while True:
+            async with self._sessions() as session:
+                row = await session.scalar(
+                    select(HistoryEvent).where(HistoryEvent.dedup_key == dedup_key)
+                )
+            if row is None:
+                return None
+            if row.payload.get("text_sha256") != digest:
+                raise IdempotencyKeyReused(
+                    "this Idempotency-Key was used with a different body",
+                    field="Idempotency-Key",
+                    conversation_id=conversation_id,
+                )
+            if row.payload.get("status") != SENDING:
+                return _reply_json(conversation_id, row.id, row.payload)
+            if asyncio.get_running_loop().time() > deadline:
+                raise Conflict(
+                    "the request with this Idempotency-Key is still being sent",
+                    idempotency_key=key,
+                )
+            await asyncio.sleep(REPLAY_POLL)
 
     async def mine(self, agent_id: int) -> list[Conversation]:
         async with self._sessions() as session:

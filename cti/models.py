@@ -172,3 +172,30 @@ class WrapUpCode(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     code: Mapped[str] = mapped_column(String(64), unique=True)
     label: Mapped[str] = mapped_column(String(200), default="")
+
+
+class CallbackBookingRow(Base):
+    """A caller's virtual place in line: call them back when their turn comes (cti.callbacks)."""
+
+    __tablename__ = "callback_bookings"
+    __table_args__ = (Index("ix_callback_bookings_status_entry", "status", "queue_entry_time"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    call_id: Mapped[str] = mapped_column(String(160), unique=True)
+    number: Mapped[str] = mapped_column(String(32))
+    queue: Mapped[str] = mapped_column(String(64))
+    queue_entry_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    customer_id: Mapped[int] = mapped_column(BigId, ForeignKey("customers.id"), index=True)
+    conversation_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("conversations.id"))
+    language: Mapped[str] = mapped_column(String(32), default="")
+    status: Mapped[str] = mapped_column(String(16), default="waiting")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    last_result: Mapped[str] = mapped_column(String(64), default="")
+    pbx: Mapped[str | None] = mapped_column(String(64))
+    agent_interface: Mapped[str | None] = mapped_column(String(128))
+    dial_call_id: Mapped[str | None] = mapped_column(String(200))
+    dial_conversation_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("conversations.id")
+    )
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)

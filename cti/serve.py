@@ -13,6 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from cti.app import create_app
+from cti.callbacks import setup_callbacks
 from cti.config import ConfigError, Settings, load_settings
 from cti.demo import seed
 from cti.desk_api import seed_desk, setup_desk_api
@@ -32,6 +33,7 @@ def build_app(settings: Settings, *, lab: bool = False) -> web.Application:
     setup_web(app)
     setup_pbx_links(app)
     setup_call_control(app)
+    setup_callbacks(app)
     setup_phone_api(app)
     setup_desk_api(app)
     app.cleanup_ctx.append(sms_links())

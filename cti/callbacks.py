@@ -1,0 +1,641 @@
+"""Callbacks: a caller's virtual place in line, then agent first, customer second.
+
+The IVR (``queue-exit``, digit 2) books through :meth:`CallbackService.book_callback`
+(the ``ivr.ports.Callbacks`` port); supervisors list and cancel over REST
+(``GET /api/v1/callbacks``, ``DELETE /api/v1/callbacks/{id}``).
+
+Theory of operation (one booking, persisted in ``callback_bookings``)::
+
+    waiting --turn comes--> calling --agent and customer bridged--> connected --end--> done
+       ^                       |  agent did not answer: waiting at once, that agent
+       |                       |  skipped for this booking a while (not an attempt)
+       +---- retry_delay ------+  customer no answer / busy: attempts+1
+                               +  after the last attempt: failed
+    waiting / calling --DELETE--> cancelled
+
+The turn of a booking comes when an agent of its queue is free in the live
+``PbxTracker`` state (device NOT_INUSE, not paused, not in a call, not being
+dialled by us) and no voice caller who entered the queue EARLIER than the
+booking's ``queue_entry_time`` still waits. Bookings are served in
+``queue_entry_time`` order. One scheduler task makes passes (woken by every
+PBX change, at least every ``tick`` seconds); each claimed booking gets one
+attempt task. The claim is a conditional UPDATE ``waiting -> calling``, so a
+booking is never dialled twice at once, even by two servers.
+
+The attempt opens the callback's voice conversation (``external_ref`` = the
+call id the Originate will have, linked to the original call's conversation),
+pops the customer on the agent's desk, then sends an async Originate with
+``ChannelId cti-<correlation>`` to the agent's endpoint; once the agent
+answers, the PBX dials the customer from the link's originate context (the
+lab's ``from-agents``: ``PJSIP/<number>@carrier``). ``CallAnswered`` for that
+call id (the two legs bridged) means connected; ``CallEnded`` before it means
+the customer did not answer (or was busy).
+
+Restart: waiting bookings are simply read again. A booking found in
+``calling`` with no attempt task of this process is re-checked once its PBX
+link is up (after its resync): if the call still exists it is followed, else
+the booking goes back to ``waiting`` (``last_result=interrupted``, not counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from cti.api import principal
+from cti.auth import Role
+from cti.errors import Conflict, InvalidInput, NotFound
+from cti.history import HistoryEntry
+from cti.identities import IdentityKind
+from cti.keys import SERVICES
+from cti.links.pbx import PBX_LINKS
+from cti.models import CallbackBookingRow, Customer, utcnow
+from cti.services import Services
+from cti.validation import path_id, query_int
+from ivr.ports import CallbackBooking, CallbackRequest, PortError
+from pbx.actions import (
+    AmiActionError,
+    BadActionArgument,
+    OriginateFailed,
+    PbxUnavailable,
+    UnknownOutcome,
+    new_correlation_id,
+)
+from pbx.changes import CallAnswered, CallEnded, Change
+from pbx.link import AmiLink
+from pbx.state import MemberSnapshot, QueueSnapshot
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("waiting", "calling", "connected", "done", "failed", "cancelled")
+OPEN = ("waiting", "calling", "connected")
+MAX_NUMBER = 32
+MAX_QUEUE = 64
+MAX_CALL_ID = 160
+MAX_PASS = 200
+BUSY_CAUSES = frozenset({17})
+_QUEUE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_CALLER_NAME_DROP = re.compile(r"[\"<>\\\x00-\x1f\x7f]")
+
+LinksProvider = Callable[[], Mapping[str, AmiLink]]
+
+
+def agent_is_free(member: MemberSnapshot) -> bool:
+    """Logged in (device idle, hence registered), not paused, not in a call."""
+    return member.device_state == "NOT_INUSE" and not member.paused and not member.in_call
+
+
+def earlier_caller_waits(queue: QueueSnapshot, entry_time: float) -> bool:
+    """A voice caller who entered ``queue`` before ``entry_time`` still waits."""
+    return any(w.joined_at < entry_time for w in queue.waiting)
+
+
+def callback_caller_id(name: str, number: str) -> str:
+    """``"Callback <name>" <number>``: what the agent's phone shows (no header injection)."""
+    clean = _CALLER_NAME_DROP.sub("", name).strip()[:40] or number
+    return f'"Callback {clean}" <{number}>'
+
+
+def booking_json(row: CallbackBookingRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "call_id": row.call_id,
+        "number": row.number,
+        "queue": row.queue,
+        "queue_entry_time": row.queue_entry_time.isoformat(),
+        "customer_id": row.customer_id,
+        "conversation_id": row.conversation_id,
+        "language": row.language,
+        "status": row.status,
+        "attempts": row.attempts,
+        "next_attempt_at": row.next_attempt_at.isoformat(),
+        "last_result": row.last_result,
+        "pbx": row.pbx,
+        "agent_interface": row.agent_interface,
+        "dial_call_id": row.dial_call_id,
+        "dial_conversation_id": row.dial_conversation_id,
+        "created_at": row.created_at.isoformat(),
+        "updated_at": row.updated_at.isoformat(),
+    }
+
+
+@dataclass(slots=True)
+class _Watch:
+    """What the PBX said about one callback call (filled by the change listener)."""
+
+    answered: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    cause: int = 0
+
+
+class CallbackService:
+    def __init__(
+        self,
+        services: Services,
+        links: LinksProvider,
+        *,
+        attempts: int | None = None,
+        retry_delay: float | None = None,
+        agent_ring_timeout: float = 20.0,
+        decline_memory: float = 60.0,
+        tick: float = 1.0,
+        follow_check: float = 5.0,
+    ) -> None:
+        self._services = services
+        self._links = links
+        self.attempts = attempts if attempts is not None else services.settings.callback_attempts
+        self.retry_delay = (
+            retry_delay if retry_delay is not None else services.settings.callback_retry_delay
+        )
+        self.agent_ring_timeout = agent_ring_timeout
+        self.decline_memory = decline_memory
+        self.tick = tick
+        self.follow_check = follow_check
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._active: dict[int, str] = {}  # booking id -> agent interface being dialled
+        self._declined: dict[tuple[int, str], float] = {}  # (booking, agent) -> until
+        self._watches: dict[str, _Watch] = {}  # callback call id -> watch
+        self._wake = asyncio.Event()
+        self._scheduler: asyncio.Task[None] | None = None
+        self._next_recheck = 0.0
+
+    # -- the IVR port --------------------------------------------------------------
+
+    async def book_callback(self, request: CallbackRequest) -> CallbackBooking:
+        """Keep a virtual place in line; booking twice for one call returns the same booking."""
+        call_id = request.call_id.strip()
+        if not call_id or len(call_id) > MAX_CALL_ID:
+            raise PortError(f"call_id must have 1..{MAX_CALL_ID} characters")
+        existing = await self._by_call_id(call_id)
+        if existing is not None:
+            return CallbackBooking(str(existing.id), existing.number)
+        number = self._number(request.number)
+        if not _QUEUE.match(request.queue):
+            raise PortError(f"queue {request.queue[:80]!r} is not a queue name")
+        entry = request.queue_entry_time
+        now = time.time()
+        if not math.isfinite(entry) or entry <= 0 or entry > now + 60:
+            entry = now
+        customer = await self._customer(request.customer_id, number)
+        conversation_id = await self._original_conversation(call_id)
+        row = CallbackBookingRow(
+            call_id=call_id,
+            number=number,
+            queue=request.queue,
+            queue_entry_time=datetime.fromtimestamp(entry, UTC),
+            customer_id=customer.id,
+            conversation_id=conversation_id,
+            language=request.language[:32],
+            status="waiting",
+            attempts=0,
+            next_attempt_at=utcnow(),
+            last_result="",
+        )
+        try:
+            async with self._services.sessions() as session, session.begin():
+                session.add(row)
+        except IntegrityError:
+            again = await self._by_call_id(call_id)
+            if again is None:
+                raise
+            return CallbackBooking(str(again.id), again.number)
+        await self._event(row, "callback_booked", {"queue": row.queue, "number": number,
+                                                   "language": row.language}, "booked",
+                          conversation_id)
+        self._wake.set()
+        return CallbackBooking(str(row.id), number)
+
+    def _number(self, raw: str) -> str:
+        if not isinstance(raw, str) or not raw.strip() or len(raw) > MAX_NUMBER:
+            raise PortError(f"the number must have 1..{MAX_NUMBER} characters")
+        try:
+            ident = self._services.customers.normalise(IdentityKind.PHONE, raw)
+        except InvalidInput as exc:
+            raise PortError(f"{raw!r} is not a phone number: {exc.message}") from None
+        if not ident.valid or not ident.value.startswith("+"):
+            raise PortError(f"{raw!r} is not a valid phone number")
+        return ident.value
+
+    async def _customer(self, customer_id: str | None, number: str) -> Customer:
+        if customer_id and customer_id.isdigit() and len(customer_id) <= 18:
+            with contextlib.suppress(NotFound):
+                return await self._services.customers.get(int(customer_id))
+        customer, _ = await self._services.customers.identify(IdentityKind.PHONE, number)
+        return customer
+
+    async def _original_conversation(self, call_id: str) -> int | None:
+        """The voice conversation of the call that booked (``<pbx>:<uniqueid>``)."""
+        refs = [f"{name}:{call_id}" for name in self._links()] + [call_id]
+        for ref in refs:
+            conv = await self._services.conversations.by_ref(ref)
+            if conv is not None:
+                return conv.id
+        return None
+
+    async def _by_call_id(self, call_id: str) -> CallbackBookingRow | None:
+        async with self._services.sessions() as session:
+            return await session.scalar(
+                select(CallbackBookingRow).where(CallbackBookingRow.call_id == call_id)
+            )
+
+    # -- queries and cancel -----------------------------------------------------------
+
+    async def get(self, booking_id: int) -> CallbackBookingRow:
+        async with self._services.sessions() as session:
+            row = await session.get(CallbackBookingRow, booking_id)
+        if row is None:
+            raise NotFound(f"no callback {booking_id}", id=booking_id)
+        return row
+
+    async def list_bookings(
+        self, status: str | None = None, limit: int = 100
+    ) -> list[CallbackBookingRow]:
+        """Bookings in place-in-line order (``queue_entry_time``), newest closed last."""
+        if status is not None and status not in STATUSES:
+            raise InvalidInput(f"status must be one of {', '.join(STATUSES)}", field="status")
+        query = select(CallbackBookingRow).order_by(
+            CallbackBookingRow.queue_entry_time, CallbackBookingRow.id
+        )
+        if status is not None:
+            query = query.where(CallbackBookingRow.status == status)
+        async with self._services.sessions() as session:
+            return list((await session.scalars(query.limit(limit))).all())
+
+    async def cancel(self, booking_id: int) -> CallbackBookingRow:
+        """Cancel a waiting booking (or one being dialled: the call in progress goes on)."""
+        row = await self.get(booking_id)
+        if row.status not in ("waiting", "calling"):
+            raise Conflict(f"the callback is {row.status}", id=booking_id, status=row.status)
+        if not await self._move(row, (row.status,), status="cancelled", last_result="cancelled"):
+            raise Conflict("the callback changed meanwhile; try again", id=booking_id)
+        await self._event(row, "callback_cancelled", {}, "cancelled", row.conversation_id)
+        return await self.get(booking_id)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._scheduler is None:
+            self._scheduler = asyncio.create_task(self._run(), name="callback-scheduler")
+
+    async def stop(self) -> None:
+        task, self._scheduler = self._scheduler, None
+        tasks = [t for t in (task, *self._tasks) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def on_change(self, change: Change) -> None:
+        """A ``CallHandler`` listener: follow our calls, wake the scheduler."""
+        if isinstance(change, CallAnswered | CallEnded):
+            watch = self._watches.get(change.call_id)
+            if watch is not None:
+                if isinstance(change, CallAnswered):
+                    watch.answered.set()
+                else:
+                    watch.cause = change.cause
+                    watch.ended.set()
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("callback scheduler pass failed; next pass in %g s", self.tick)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.tick)
+            self._wake.clear()
+            await asyncio.sleep(0.25)  # coalesce bursts of PBX changes into one pass
+
+    # -- scheduling -------------------------------------------------------------------
+
+    async def run_once(self) -> None:
+        """One pass: re-check orphaned ``calling`` bookings, then serve whose turn came."""
+        links = {name: link for name, link in self._links().items() if link.health().up}
+        if time.monotonic() >= self._next_recheck:
+            self._next_recheck = time.monotonic() + self.follow_check
+            await self._recheck(links)
+        if not links or not self._any_free_agent(links):
+            return
+        now = utcnow()
+        async with self._services.sessions() as session:
+            rows = (await session.scalars(
+                select(CallbackBookingRow)
+                .where(CallbackBookingRow.status == "waiting",
+                       CallbackBookingRow.next_attempt_at <= now)
+                .order_by(CallbackBookingRow.queue_entry_time, CallbackBookingRow.id)
+                .limit(MAX_PASS)
+            )).all()
+        for row in rows:
+            if row.id in self._active:
+                continue
+            placed = self._place(row, links)
+            if placed is None:
+                continue
+            link, interface = placed
+            self._active[row.id] = interface
+            self._spawn(self._attempt(row, link, interface), f"callback-{row.id}")
+
+    def _reserved(self) -> set[str]:
+        return set(self._active.values())
+
+    def _any_free_agent(self, links: Mapping[str, AmiLink]) -> bool:
+        reserved = self._reserved()
+        return any(
+            agent_is_free(m) and m.interface not in reserved
+            for link in links.values() for q in link.queues() for m in q.members
+        )
+
+    def _place(
+        self, row: CallbackBookingRow, links: Mapping[str, AmiLink]
+    ) -> tuple[AmiLink, str] | None:
+        entry = row.queue_entry_time.timestamp()
+        reserved = self._reserved()
+        now = time.monotonic()
+        for link in links.values():
+            queue = link.queue(row.queue)
+            if queue is None or earlier_caller_waits(queue, entry):
+                continue
+            for member in queue.members:
+                if not agent_is_free(member) or member.interface in reserved:
+                    continue
+                if self._declined.get((row.id, member.interface), 0.0) > now:
+                    continue
+                return link, member.interface
+        return None
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _recheck(self, links: Mapping[str, AmiLink]) -> None:
+        async with self._services.sessions() as session:
+            rows = (await session.scalars(
+                select(CallbackBookingRow).where(CallbackBookingRow.status.in_(("calling",
+                                                                                "connected")))
+                .limit(MAX_PASS)
+            )).all()
+        known = self._links()
+        for row in rows:
+            if row.id in self._active:
+                continue
+            if row.pbx in known and row.pbx not in links:
+                continue  # its link is down: look again once it is up and resynced
+            link = links.get(row.pbx or "")
+            snap = link.call(row.dial_call_id) if link and row.dial_call_id else None
+            if link is None or snap is None or row.dial_call_id is None:
+                if row.status == "connected":
+                    await self._move(row, ("connected",), status="done", last_result="ended")
+                else:
+                    await self._move(row, ("calling",), status="waiting",
+                                     last_result="interrupted", next_attempt_at=utcnow())
+                continue
+            self._active[row.id] = row.agent_interface or ""
+            watch = self._watches.setdefault(row.dial_call_id, _Watch())
+            if snap.state.value == "connected" or row.status == "connected":
+                watch.answered.set()
+            self._spawn(self._follow_guarded(row, link, row.dial_call_id, watch),
+                        f"callback-{row.id}-resume")
+
+    # -- one attempt ------------------------------------------------------------------
+
+    async def _attempt(self, row: CallbackBookingRow, link: AmiLink, interface: str) -> None:
+        try:
+            await self._attempt_inner(row, link, interface)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("callback %s: attempt failed unexpectedly", row.id)
+            await self._move(row, ("calling",), status="waiting", last_result="error",
+                             next_attempt_at=utcnow() + timedelta(seconds=self.retry_delay))
+        finally:
+            self._active.pop(row.id, None)
+            self._wake.set()
+
+    async def _attempt_inner(self, row: CallbackBookingRow, link: AmiLink, interface: str) -> None:
+        correlation = new_correlation_id()
+        call_ref = link.tracker.call_id(f"cti-{correlation}")
+        if not await self._move(row, ("waiting",), status="calling", pbx=link.name,
+                                agent_interface=interface, dial_call_id=call_ref):
+            return  # cancelled or taken meanwhile
+        svc = self._services
+        customer = await svc.customers.get(row.customer_id)
+        conv, _ = await svc.conversations.open(
+            "voice", customer.id, queue=row.queue, contact=row.number, external_ref=call_ref,
+            linked_to_id=row.conversation_id,
+        )
+        await self._move(row, ("calling",), dial_conversation_id=conv.id)
+        agent = await svc.agents.by_endpoint(interface)
+        if agent is not None:
+            await svc.screen_pop.pop(agent, conv, {
+                "kind": "callback", "booking_id": row.id, "queue": row.queue,
+                "caller": row.number, "caller_name": customer.name, "call_id": call_ref,
+                "pbx": link.name, "attempt": row.attempts + 1,
+                "queue_entry_time": row.queue_entry_time.isoformat(),
+            })
+        watch = self._watches.setdefault(call_ref, _Watch())
+        try:
+            await link.originate(
+                interface, row.number, caller_id=callback_caller_id(customer.name, row.number),
+                correlation_id=correlation, ring_timeout=self.agent_ring_timeout,
+                variables={"CTI_CALLBACK_ID": str(row.id)},
+            )
+        except OriginateFailed as exc:
+            self._watches.pop(call_ref, None)
+            self._declined[(row.id, interface)] = time.monotonic() + self.decline_memory
+            await self._attempt_event(row, conv.id, correlation, "agent_no_answer", interface,
+                                      counted=False, reason=exc.reason)
+            await self._move(row, ("calling",), status="waiting", last_result="agent_no_answer",
+                             next_attempt_at=utcnow())
+            return
+        except (PbxUnavailable, AmiActionError, BadActionArgument) as exc:
+            self._watches.pop(call_ref, None)
+            result = "pbx_unavailable" if isinstance(exc, PbxUnavailable) else "pbx_refused"
+            log.warning("callback %s: originate to %s failed: %s", row.id, interface, exc)
+            await self._move(row, ("calling",), status="waiting", last_result=result,
+                             next_attempt_at=utcnow() + timedelta(seconds=self.retry_delay))
+            return
+        except UnknownOutcome:
+            log.warning("callback %s: originate outcome unknown; following %s", row.id, call_ref)
+        await self._follow(row, link, call_ref, watch, conv.id, correlation)
+
+    async def _follow_guarded(
+        self, row: CallbackBookingRow, link: AmiLink, call_ref: str, watch: _Watch
+    ) -> None:
+        try:
+            await self._follow(row, link, call_ref, watch, row.dial_conversation_id, "resumed")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("callback %s: following %s failed", row.id, call_ref)
+        finally:
+            self._active.pop(row.id, None)
+
+    async def _wait_for(self, event: asyncio.Event, link: AmiLink, call_ref: str) -> bool:
+        """Until ``event`` is set (True) or the call is gone from the PBX state (False)."""
+        while not event.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), self.follow_check)
+            if not event.is_set() and link.health().up and link.call(call_ref) is None:
+                await asyncio.sleep(self.follow_check / 5)  # let a last change land
+                return event.is_set()
+        return True
+
+    async def _follow(
+        self, row: CallbackBookingRow, link: AmiLink, call_ref: str, watch: _Watch,
+        conv_id: int | None, correlation: str,
+    ) -> None:
+        try:
+            first = asyncio.create_task(self._wait_for(watch.answered, link, call_ref))
+            ended = asyncio.create_task(watch.ended.wait())
+            try:
+                await asyncio.wait({first, ended}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (first, ended):
+                    t.cancel()
+                await asyncio.gather(first, ended, return_exceptions=True)
+            if watch.answered.is_set():
+                if row.status != "connected" and await self._move(
+                        row, ("calling",), status="connected", last_result="connected"):
+                    await self._attempt_event(row, conv_id, correlation, "connected",
+                                              row.agent_interface or "", counted=True)
+                    await self._event(row, "callback_connected",
+                                      {"agent_interface": row.agent_interface,
+                                       "call_id": call_ref}, "connected", conv_id)
+                await self._wait_for(watch.ended, link, call_ref)
+                await self._move(row, ("connected",), status="done", last_result="ended")
+                return
+            result = "busy" if watch.cause in BUSY_CAUSES else "no_answer"
+            attempts = row.attempts + 1
+            await self._attempt_event(row, conv_id, correlation, result,
+                                      row.agent_interface or "", counted=True, cause=watch.cause)
+            if attempts >= self.attempts:
+                if await self._move(row, ("calling",), status="failed", attempts=attempts,
+                                    last_result=result):
+                    await self._event(row, "callback_failed",
+                                      {"attempts": attempts, "result": result}, "failed", conv_id)
+            else:
+                await self._move(row, ("calling",), status="waiting", attempts=attempts,
+                                 last_result=result,
+                                 next_attempt_at=utcnow() + timedelta(seconds=self.retry_delay))
+        finally:
+            self._watches.pop(call_ref, None)
+
+    # -- persistence and history ------------------------------------------------------
+
+    async def _move(self, row: CallbackBookingRow, from_: tuple[str, ...], **values: Any) -> bool:
+        """Conditional update (status in ``from_``); on success ``row`` mirrors it."""
+        values.setdefault("updated_at", utcnow())
+        async with self._services.sessions() as session, session.begin():
+            result = await session.execute(
+                update(CallbackBookingRow)
+                .where(CallbackBookingRow.id == row.id, CallbackBookingRow.status.in_(from_))
+                .values(**values)
+            )
+        if getattr(result, "rowcount", 0) != 1:
+            return False
+        for key, value in values.items():
+            setattr(row, key, value)
+        return True
+
+    async def _event(
+        self, row: CallbackBookingRow, kind: str, payload: dict[str, Any], key: str,
+        conversation_id: int | None,
+    ) -> None:
+        await self._services.history.add(HistoryEntry(
+            customer_id=row.customer_id,
+            conversation_id=conversation_id,
+            kind=kind,
+            channel="voice",
+            payload={"booking_id": row.id, "queue": row.queue, "call_id": row.call_id,
+                     **payload},
+            dedup_key=f"callback:{row.id}:{key}"[:200],
+        ))
+
+    async def _attempt_event(
+        self, row: CallbackBookingRow, conv_id: int | None, correlation: str, result: str,
+        interface: str, *, counted: bool, **extra: Any,
+    ) -> None:
+        await self._event(row, "callback_attempt", {
+            "result": result, "agent_interface": interface, "counted": counted,
+            "attempt": row.attempts + (1 if counted else 0), "number": row.number, **extra,
+        }, f"attempt:{correlation}:{result}", conv_id)
+
+
+CALLBACKS = web.AppKey("callbacks", CallbackService)
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/api/v1/callbacks")
+async def list_callbacks(request: web.Request) -> web.Response:
+    principal(request, Role.SUPERVISOR)
+    status = request.query.get("status") or None
+    limit = query_int(request, "limit", 100, 1, 500)
+    rows = await request.app[CALLBACKS].list_bookings(status, limit)
+    return web.json_response({"items": [booking_json(r) for r in rows]})
+
+
+@routes.get(r"/api/v1/callbacks/{id:\d{1,18}}")
+async def get_callback(request: web.Request) -> web.Response:
+    principal(request, Role.SUPERVISOR)
+    return web.json_response(booking_json(await request.app[CALLBACKS].get(path_id(request))))
+
+
+@routes.delete(r"/api/v1/callbacks/{id:\d{1,18}}")
+async def cancel_callback(request: web.Request) -> web.Response:
+    principal(request, Role.SUPERVISOR)
+    row = await request.app[CALLBACKS].cancel(path_id(request))
+    return web.json_response(booking_json(row))
+
+
+def _callbacks_ctx(app: web.Application) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(_: web.Application) -> AsyncIterator[None]:
+        service = app[CALLBACKS]
+        calls = services_of(app).calls
+        calls.listeners.append(service.on_change)
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+            with contextlib.suppress(ValueError):
+                calls.listeners.remove(service.on_change)
+
+    return ctx
+
+
+def services_of(app: web.Application) -> Services:
+    return app[SERVICES]
+
+
+def setup_callbacks(app: web.Application, **options: Any) -> CallbackService:
+    """Install the callback service (``CALLBACKS``), its scheduler and REST routes (once)."""
+    existing = app.get(CALLBACKS)
+    if existing is not None:
+        return existing
+    def links() -> Mapping[str, AmiLink]:
+        registry = app.get(PBX_LINKS)
+        return dict(registry.links) if registry is not None else {}
+
+    service = CallbackService(services_of(app), links, **options)
+    app[CALLBACKS] = service
+    app.add_routes(routes)
+    app.cleanup_ctx.append(_callbacks_ctx(app))
+    return service
+

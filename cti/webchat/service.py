@@ -1,0 +1,387 @@
+"""The customer side of web chat: rooms of open sockets, inbound frames, outbound replies.
+
+Theory of operation: each open customer socket joins the room of its
+conversation (an in-memory set per conversation id). A frame from the
+customer is rate-limited per token (token bucket), validated, recorded in the
+history as ``message_in`` (the same kind and payload shape as an inbound SMS,
+with channel ``chat``), pushed to every socket of the room (that echo is the
+sender's confirmation) and to the owner agent's hub; a queued conversation
+with no owner is offered to the automatic text assignment. Agent replies go
+through ``conversations.outbound``: this service sits in front of the previous
+sender, pushes replies of its conversations to the room and hands other
+channels (and the SMS copy of an SMS conversation) to the sender before it;
+``ConversationService.send_message`` records the ``message_out``.
+
+A socket gets a snapshot of the messages so far, then live messages. To show
+each message once, the snapshot holds only history entries that happened
+before the socket joined; everything after reaches it live. That holds
+because the push to the room is the last synchronous step of the recording
+code (``message_in`` is created right before its push, ``message_out`` right
+after the push returns, with no await in between).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+
+from cti.conversations import MAX_TEXT, OutboundSender
+from cti.errors import DomainError, NotFound
+from cti.history import HistoryEntry
+from cti.models import Agent, Conversation, HistoryEvent, utcnow
+from cti.services import Services
+from cti.webchat import chat_signer
+from cti.webchat.tokens import ChatClosed, ChatTokenInvalid
+
+TEXT_CHANNELS = ("sms", "chat")
+MESSAGE_KINDS = ("message_in", "message_out")
+MAX_SNAPSHOT = 200
+FLUSH_TIMEOUT = 5.0
+
+
+class TooManySockets(DomainError):
+    status = 429
+    code = "too_many_sockets"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatLimits:
+    max_text: int = MAX_TEXT
+    per_second: float = 0.5  # 5 messages per 10 s sustained
+    burst: int = 10
+    max_sockets: int = 5
+    socket_queue: int = 256
+    max_buckets: int = 10_000
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    tokens: float
+    stamp: float
+
+    def take(self, limits: ChatLimits, now: float) -> float:
+        """0 if a frame may pass (and charge it), else seconds until one may."""
+        self.tokens = min(limits.burst, self.tokens + (now - self.stamp) * limits.per_second)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / limits.per_second
+
+
+@dataclass(eq=False, slots=True)
+class ChatSocket:
+    conversation_id: int
+    token: str
+    queue: asyncio.Queue[str]
+    joined_at: datetime = field(default_factory=utcnow)
+    overflowed: bool = False
+
+    def offer(self, text: str) -> None:
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(text)
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+
+def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message, **extra}
+
+
+def _frame_text(data: str) -> str | dict[str, Any]:
+    """The text of a customer's message frame, or the error frame to answer."""
+    try:
+        frame = json.loads(data)
+    except ValueError:
+        return _error("invalid_json", "frames are JSON objects")
+    if not isinstance(frame, dict) or frame.get("type") != "message":
+        return _error("invalid_message", 'send {"type": "message", "text": "..."}')
+    text = frame.get("text")
+    if not isinstance(text, str):
+        return _error("invalid_message", "text must be a string")
+    return text
+
+
+class ChatService:
+    def __init__(self, services: Services, limits: ChatLimits | None = None) -> None:
+        self._services = services
+        self.limits = limits or ChatLimits()
+        self.signer = chat_signer(services)
+        self._rooms: dict[int, set[ChatSocket]] = {}
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._previous: OutboundSender | None = None
+
+    # -- wiring -------------------------------------------------------------
+
+    def install(self) -> None:
+        conversations = self._services.conversations
+        self._previous = conversations.outbound
+        conversations.outbound = self
+        conversations.on_assigned.append(self.on_assigned)
+
+    def uninstall(self) -> None:
+        conversations = self._services.conversations
+        if conversations.outbound is self and self._previous is not None:
+            conversations.outbound = self._previous
+        with contextlib.suppress(ValueError):
+            conversations.on_assigned.remove(self.on_assigned)
+
+    # -- tokens and the customer's view ---------------------------------------
+
+    async def open(self, token: str) -> Conversation:
+        """The open text conversation the token was issued for; 403 otherwise."""
+        conversation_id = self.signer.verify(token)
+        try:
+            conv = await self._services.conversations.get(conversation_id)
+        except NotFound:
+            raise ChatTokenInvalid("this chat link is not valid") from None
+        if conv.channel not in TEXT_CHANNELS:
+            raise ChatTokenInvalid("this chat link is not valid")
+        if conv.status == "closed":
+            raise ChatClosed("this conversation is closed")
+        return conv
+
+    async def summary(self, conv: Conversation) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "conversation_id": conv.id,
+            "state": "closed" if conv.status == "closed" else "waiting",
+            "agent": None,
+            "position": None,
+            "max_text": self.limits.max_text,
+        }
+        async with self._services.sessions() as session:
+            if conv.status == "queued":
+                same_queue = (
+                    Conversation.queue.is_(None)
+                    if conv.queue is None
+                    else Conversation.queue == conv.queue
+                )
+                ahead = await session.scalar(
+                    select(func.count())
+                    .select_from(Conversation)
+                    .where(
+                        Conversation.status == "queued",
+                        Conversation.channel.in_(TEXT_CHANNELS),
+                        same_queue,
+                        or_(
+                            Conversation.queued_at < conv.queued_at,
+                            and_(
+                                Conversation.queued_at == conv.queued_at,
+                                Conversation.id < conv.id,
+                            ),
+                        ),
+                    )
+                )
+                out["position"] = int(ahead or 0) + 1
+            elif conv.status == "assigned" and conv.owner_id is not None:
+                out["state"] = "assigned"
+                agent = await session.get(Agent, conv.owner_id)
+                out["agent"] = _display_name(agent)
+        return out
+
+    async def messages(
+        self, conv: Conversation, before: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """Customer and agent messages of the conversation, oldest first (no notes)."""
+        history = self._services.history
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(history.flush(), FLUSH_TIMEOUT)
+        async with self._services.sessions() as session:
+            query = select(HistoryEvent).where(
+                HistoryEvent.conversation_id == conv.id, HistoryEvent.kind.in_(MESSAGE_KINDS)
+            )
+            if before is not None:
+                query = query.where(HistoryEvent.occurred_at < before)
+            rows = list(
+                await session.scalars(
+                    query.order_by(HistoryEvent.occurred_at.desc(), HistoryEvent.id.desc()).limit(
+                        MAX_SNAPSHOT
+                    )
+                )
+            )
+            agent_ids = {
+                int(r.payload["agent_id"])
+                for r in rows
+                if r.kind == "message_out" and isinstance(r.payload.get("agent_id"), int)
+            }
+            names = {
+                a.id: _display_name(a)
+                for a in await session.scalars(select(Agent).where(Agent.id.in_(agent_ids)))
+            }
+        rows.reverse()
+        return [_message_json(r, names) for r in rows]
+
+    async def snapshot(self, conv: Conversation, sock: ChatSocket) -> dict[str, Any]:
+        return {
+            "type": "snapshot",
+            "conversation": await self.summary(conv),
+            "messages": await self.messages(conv, before=sock.joined_at),
+        }
+
+    # -- sockets ------------------------------------------------------------
+
+    def join(self, conversation_id: int, token: str) -> ChatSocket:
+        open_for_token = sum(1 for s in self._rooms.get(conversation_id, ()) if s.token == token)
+        if open_for_token >= self.limits.max_sockets:
+            raise TooManySockets(
+                "too many chat windows are open for this link", max=self.limits.max_sockets
+            )
+        sock = ChatSocket(conversation_id, token, asyncio.Queue(self.limits.socket_queue))
+        self._rooms.setdefault(conversation_id, set()).add(sock)
+        return sock
+
+    def leave(self, sock: ChatSocket) -> None:
+        room = self._rooms.get(sock.conversation_id)
+        if room is not None:
+            room.discard(sock)
+            if not room:
+                del self._rooms[sock.conversation_id]
+
+    def sockets(self, conversation_id: int) -> int:
+        return len(self._rooms.get(conversation_id, ()))
+
+    def _push(self, conversation_id: int, body: dict[str, Any]) -> int:
+        room = self._rooms.get(conversation_id, ())
+        text = json.dumps(body, ensure_ascii=False, default=str)
+        for sock in room:
+            sock.offer(text)
+        return len(room)
+
+    def _rate(self, token: str) -> float:
+        now = time.monotonic()
+        bucket = self._buckets.get(token)
+        if bucket is None:
+            bucket = self._buckets[token] = TokenBucket(float(self.limits.burst), now)
+            while len(self._buckets) > self.limits.max_buckets:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(token)
+        return bucket.take(self.limits, now)
+
+    # -- customer -> agent ----------------------------------------------------
+
+    async def handle_frame(self, sock: ChatSocket, data: str) -> dict[str, Any] | None:
+        """Handle one text frame; returns the error frame to send back, if any."""
+        wait = self._rate(sock.token)
+        if wait > 0:
+            return _error(
+                "rate_limited",
+                "too many messages; wait a moment",
+                retry_after=math.ceil(wait * 10) / 10,
+            )
+        parsed = _frame_text(data)
+        if isinstance(parsed, dict):
+            return parsed
+        if len(parsed) > self.limits.max_text:
+            return _error(
+                "too_large",
+                f"a message has at most {self.limits.max_text} characters",
+                max=self.limits.max_text,
+            )
+        if not parsed.strip():
+            return _error("empty", "the message is empty")
+        await self.receive(sock.conversation_id, parsed)
+        return None
+
+    async def receive(self, conversation_id: int, text: str) -> dict[str, Any]:
+        """Record one customer message and deliver it to the room and the agent."""
+        conv = await self._services.conversations.get(conversation_id)
+        if conv.status == "closed":
+            raise ChatClosed("this conversation is closed")
+        mid = uuid.uuid4().hex
+        entry = HistoryEntry(
+            customer_id=conv.customer_id,
+            conversation_id=conv.id,
+            kind="message_in",
+            channel="chat",
+            payload={"text": text, "from": conv.contact or "webchat", "mid": mid},
+        )
+        await self._services.history.add(entry)
+        message = {"id": mid, "from": "customer", "text": text, "at": entry.occurred_at.isoformat()}
+        self._push(conv.id, {"type": "message", "message": message})
+        if conv.owner_id is not None:
+            self._services.hub.publish(
+                [conv.owner_id],
+                "message",
+                {
+                    "conversation_id": conv.id,
+                    "channel": "chat",
+                    "text": text,
+                    "from": conv.contact or "webchat",
+                },
+            )
+        elif conv.status == "queued":
+            await self._services.conversations.assign_text(conv.id)
+        return message
+
+    async def on_assigned(self, conv: Conversation, agent: Agent) -> None:
+        if conv.id in self._rooms:
+            self._push(conv.id, {"type": "status", "conversation": await self.summary(conv)})
+
+    # -- agent -> customer (conversations.outbound) ----------------------------
+
+    async def send(self, channel: str, contact: str, text: str, conversation_id: int) -> str:
+        if channel != "chat" and (channel != "sms" or conversation_id not in self._rooms):
+            return await self._fallback(channel, contact, text, conversation_id)
+        status = "delivered"
+        if channel == "sms":
+            status = await self._fallback(channel, contact, text, conversation_id)
+        name = await self._owner_name(conversation_id)
+        message = {
+            "id": uuid.uuid4().hex,
+            "from": "agent",
+            "agent": name,
+            "text": text,
+            "at": utcnow().isoformat(),
+        }
+        # Last synchronous step before send_message records the message_out.
+        reached = self._push(conversation_id, {"type": "message", "message": message})
+        if channel == "chat":
+            return "delivered" if reached else "stored"
+        return status
+
+    async def _fallback(self, channel: str, contact: str, text: str, conversation_id: int) -> str:
+        if self._previous is None:
+            return "no_gateway"
+        return await self._previous.send(channel, contact, text, conversation_id)
+
+    async def _owner_name(self, conversation_id: int) -> str:
+        async with self._services.sessions() as session:
+            agent = await session.scalar(
+                select(Agent)
+                .join(Conversation, Conversation.owner_id == Agent.id)
+                .where(Conversation.id == conversation_id)
+            )
+        return _display_name(agent)
+
+
+def _display_name(agent: Agent | None) -> str:
+    if agent is None or not agent.name.strip():
+        return "Agent"
+    return agent.name.strip()
+
+
+def _message_json(ev: HistoryEvent, names: dict[int, str]) -> dict[str, Any]:
+    text = ev.payload.get("text")
+    out: dict[str, Any] = {
+        "id": str(ev.payload.get("mid") or f"h{ev.id}"),
+        "from": "customer" if ev.kind == "message_in" else "agent",
+        "text": text if isinstance(text, str) else "",
+        "at": ev.occurred_at.isoformat(),
+    }
+    if ev.kind == "message_out":
+        agent_id = ev.payload.get("agent_id")
+        out["agent"] = names.get(agent_id, "Agent") if isinstance(agent_id, int) else "Agent"
+    return out

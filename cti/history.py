@@ -2,7 +2,8 @@
 
 Theory of operation: producers call ``add()`` (never waits unless the bounded
 queue is full) and go on; one writer task takes the first pending entry,
-gathers whatever else arrives within ``flush_interval`` up to ``batch`` rows,
+gathers whatever else arrives within ``flush_interval`` up to ``batch`` rows
+(no wait when a full batch is already queued),
 and inserts them in ONE transaction with ``ON CONFLICT (dedup_key) DO
 NOTHING`` so a change delivered twice (a PBX resync) is recorded once. If the
 database fails, the batch is kept and retried after a pause: nothing is lost.
@@ -151,8 +152,10 @@ class HistoryWriter:
             first = await self._queue.get()
             self._inflight.append(first)
             # Sleep instead of awaiting get(): an entry must always be either in
-            # the queue or in _inflight, where pending_for() can see it.
-            await asyncio.sleep(self._interval)
+            # the queue or in _inflight, where pending_for() can see it. Under a
+            # backlog a full batch is already waiting: write it at once.
+            if self._queue.qsize() < self._batch - 1:
+                await asyncio.sleep(self._interval)
             while len(self._inflight) < self._batch:
                 try:
                     self._inflight.append(self._queue.get_nowait())

@@ -66,9 +66,20 @@ class LabAgent:
 
 @dataclass(frozen=True, slots=True)
 class LabQueue:
+    """One queue. ``None`` settings take the shared defaults (``queue_*`` parameters)."""
+
     name: str
     number: str
     members: tuple[str, ...]
+    strategy: str | None = None
+    timeout: int | None = None
+    retry: int | None = None
+    wrapuptime: int | None = None
+    servicelevel: int | None = None
+    weight: int | None = None
+    maxlen: int | None = None
+    announce_frequency: int | None = None
+    periodic_announce_frequency: int | None = None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -283,6 +294,7 @@ class LabPbx:
             "trunk_match": ["127.0.0.1"],
             "carrier_host": self.carrier_host,
             "carrier_port": self.carrier_port,
+            "carrier_registration": None,
             "agents": self.agent_list(),
             "queues": list(self.queues),
             "default_queue": self.queues[0].name,
@@ -291,6 +303,8 @@ class LabPbx:
             "queue_retry": 2,
             "announce_frequency": 30,
             "periodic_announce_frequency": 45,
+            "queue_wrapuptime": 0,
+            "queue_servicelevel": 20,
             "ami_port": self.ami_port,
             "ami_user": self.ami_user,
             "ami_secret": self.ami_secret,

@@ -27,7 +27,13 @@ MIN_SECRET_LENGTH = 12
 MIN_SECRET_BITS = 60.0
 # Section names the templates use themselves: an agent or queue cannot take them.
 RESERVED_NAMES = frozenset({"global", "general", "globals", "transport-udp", "trunk",
-                            "trunk-identify", "carrier", "default"})
+                            "trunk-identify", "carrier", "carrier-auth", "carrier-reg",
+                            "default"})
+# Per-queue keys that override queue_settings (same names in the description,
+# LabQueue and queues.conf.j2).
+QUEUE_OVERRIDES = ("strategy", "timeout", "retry", "wrapuptime", "servicelevel", "weight",
+                   "maxlen", "announce_frequency", "periodic_announce_frequency")
+REGISTRATION_DEFAULTS = {"expiration": 300, "retry_interval": 30}
 REQUIRED_READ = frozenset(AMI_READ.split(","))
 REQUIRED_WRITE = frozenset(AMI_WRITE.split(","))
 DANGEROUS_WRITE = frozenset({"command", "system", "config"})
@@ -203,6 +209,16 @@ def semantic_findings(desc: Description, *, probe_fastagi: bool = True,
         add("warning", "read class dialplan without 'eventfilter=!Event: VarSet' floods the "
             "CTI with VarSet events", "ami", "eventfilters")
     _secret(add, ami["secret"], f"AMI user {ami['user']}", ("ami", "secret"))
+    registration = d["trunks"]["outbound"].get("registration")
+    if registration is not None:
+        _secret(add, registration["secret"], "trunk registration",
+                ("trunks", "outbound", "registration", "secret"))
+    for i, queue in enumerate(d["queues"]):
+        timeout = queue.get("timeout", d["queue_settings"]["timeout"])
+        every = queue.get("announce_frequency", d["queue_settings"]["announce_frequency"])
+        if every and every < timeout:
+            add("warning", f"queue {queue['name']!r}: announce_frequency {every}s is shorter "
+                f"than the ring timeout {timeout}s", "queues", i)
     if probe_fastagi:
         host, port = d["ivr"]["fastagi"]["host"], d["ivr"]["fastagi"]["port"]
         try:
@@ -247,9 +263,11 @@ def template_params(data: Mapping[str, Any]) -> dict[str, Any]:
         "trunk_match": list(data["trunks"]["inbound"]["match"]),
         "carrier_host": data["trunks"]["outbound"]["host"],
         "carrier_port": data["trunks"]["outbound"]["port"],
+        "carrier_registration": _registration(data["trunks"]["outbound"].get("registration")),
         "agents": [LabAgent(a["name"], a["secret"], a["extension"], a["display_name"])
                    for a in data["agents"]],
-        "queues": [LabQueue(q["name"], q["number"], tuple(q["members"]))
+        "queues": [LabQueue(q["name"], q["number"], tuple(q["members"]),
+                            **{k: q[k] for k in QUEUE_OVERRIDES if k in q})
                    for q in data["queues"]],
         "default_queue": data["ivr"]["default_queue"],
         "queue_strategy": qs["strategy"],
@@ -257,6 +275,8 @@ def template_params(data: Mapping[str, Any]) -> dict[str, Any]:
         "queue_retry": qs["retry"],
         "announce_frequency": qs["announce_frequency"],
         "periodic_announce_frequency": qs["periodic_announce_frequency"],
+        "queue_wrapuptime": qs.get("wrapuptime", 0),
+        "queue_servicelevel": qs.get("servicelevel", 20),
         "ami_port": data["bind"]["ami_port"],
         "ami_user": data["ami"]["user"],
         "ami_secret": data["ami"]["secret"],
@@ -270,6 +290,12 @@ def template_params(data: Mapping[str, Any]) -> dict[str, Any]:
         "rtp_start": data["system"]["rtp_start"],
         "rtp_end": data["system"]["rtp_end"],
     }
+
+
+def _registration(reg: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if reg is None:
+        return None
+    return {**REGISTRATION_DEFAULTS, **reg}
 
 
 def dump_description(data: Mapping[str, Any]) -> str:

@@ -112,6 +112,55 @@ def _hostport(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+# queues.conf option -> description key; the shared defaults the templates use
+# when a description leaves wrapuptime / servicelevel out.
+QUEUE_KEYS = {"strategy": "strategy", "timeout": "timeout", "retry": "retry",
+              "wrapuptime": "wrapuptime", "servicelevel": "servicelevel", "weight": "weight",
+              "maxlen": "maxlen", "announce-frequency": "announce_frequency",
+              "periodic-announce-frequency": "periodic_announce_frequency"}
+SHARED_DEFAULTS = {"wrapuptime": 0, "servicelevel": 20}
+
+
+def _queue_values(items: list[tuple[str, str]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for option, key in QUEUE_KEYS.items():
+        values = _all(items, option)
+        if values:
+            out[key] = values[0] if key == "strategy" else int(values[0])
+    return out
+
+
+def _queue_settings(first: list[tuple[str, str]]) -> dict[str, Any]:
+    """The first queue's settings are the shared ones (weight/maxlen stay per queue)."""
+    values = _queue_values(first)
+    settings = {key: values[key] for key in ("strategy", "timeout", "retry",
+                                             "announce_frequency",
+                                             "periodic_announce_frequency")}
+    for key, default in SHARED_DEFAULTS.items():
+        if key in values and values[key] != default:
+            settings[key] = values[key]
+    return settings
+
+
+def _queue_overrides(items: list[tuple[str, str]], shared: dict[str, Any]) -> dict[str, Any]:
+    effective = {**SHARED_DEFAULTS, **shared}
+    return {key: value for key, value in _queue_values(items).items()
+            if key in ("weight", "maxlen") or value != effective.get(key)}
+
+
+def _registration(pjsip: list[Section]) -> dict[str, Any]:
+    regs = [items for name, items in pjsip if name == "carrier-reg"]
+    if not regs:
+        return {}
+    reg = regs[0]
+    auth = _section(pjsip, "carrier-auth", "auth")
+    return {"registration": {"username": _first(auth, "username"),
+                             "secret": _first(auth, "password"),
+                             "contact_user": _first(reg, "contact_user"),
+                             "expiration": int(_first(reg, "expiration")),
+                             "retry_interval": int(_first(reg, "retry_interval"))}}
+
+
 def import_dir(etc: Path) -> dict[str, Any]:
     """Read the files rendered from asterisk-conf/ back into a description."""
     texts = read_dir(etc, ["asterisk.conf", "indications.conf", "rtp.conf", "musiconhold.conf",
@@ -166,13 +215,15 @@ def _build(conf: dict[str, list[Section]]) -> dict[str, Any]:
                     numbers[m.group(2)] = m.group(1)
     if default_queue is None:
         raise ConfImportError("extensions.conf [from-trunk] has no 's' entry")
+    if not queue_sections:
+        raise ConfImportError("queues.conf has no queue")
+    queue_settings = _queue_settings(queue_sections[0][1])
     queues = []
     for name, items in queue_sections:
         members = [v.split(",")[2] for v in _all(items, "member")]
-        queues.append({"name": name, "number": numbers[name], "members": members})
-    if not queue_sections:
-        raise ConfImportError("queues.conf has no queue")
-    first = queue_sections[0][1]
+        queue: dict[str, Any] = {"name": name, "number": numbers[name], "members": members}
+        queue.update(_queue_overrides(items, queue_settings))
+        queues.append(queue)
     agi = None
     for key, value in _section(conf["extensions_ivr.conf"], "cti-inbound"):
         m = re.search(r"AGI\(agi://([^:/]+):(\d+)/inbound\)", value)
@@ -200,16 +251,11 @@ def _build(conf: dict[str, list[Section]]) -> dict[str, Any]:
         "bind": {"address": bind_host, "sip_port": sip_port,
                  "ami_port": int(_first(general, "port"))},
         "trunks": {"inbound": {"match": _all(_section(pjsip, "trunk-identify"), "match")},
-                   "outbound": {"host": carrier_host, "port": carrier_port}},
+                   "outbound": {"host": carrier_host, "port": carrier_port,
+                                **_registration(pjsip)}},
         "agents": agents,
         "queues": queues,
-        "queue_settings": {
-            "strategy": _first(first, "strategy"),
-            "timeout": int(_first(first, "timeout")),
-            "retry": int(_first(first, "retry")),
-            "announce_frequency": int(_first(first, "announce-frequency")),
-            "periodic_announce_frequency": int(_first(first, "periodic-announce-frequency")),
-        },
+        "queue_settings": queue_settings,
         "ivr": {"default_queue": default_queue, "fastagi": agi},
         "ami": {"user": user, "secret": _first(uitems, "secret"),
                 "permit": _all(uitems, "permit"),

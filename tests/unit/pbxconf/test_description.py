@@ -203,3 +203,70 @@ def test_cli_render_and_diff(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     err = capsys.readouterr().err
     assert f"{broken}:{line_of(broken.read_text(), '- agent7')}: error: queue 'sales': " \
            "member 'agent7' is not a defined agent" in err
+
+
+def with_queue_overrides_and_registration(data: dict[str, Any]) -> dict[str, Any]:
+    data["queue_settings"]["servicelevel"] = 30
+    data["queues"][1].update({"strategy": "ringall", "timeout": 25, "wrapuptime": 10,
+                              "weight": 5, "maxlen": 40})
+    data["trunks"]["outbound"]["registration"] = {
+        "username": "cc-trunk", "secret": "Tr7_uNk9-Reg4Xq2", "contact_user": "74951234567",
+        "expiration": 600, "retry_interval": 20}
+    return data
+
+
+def test_per_queue_settings_and_a_registering_trunk_render_and_round_trip(
+    tmp_path: Path,
+) -> None:
+    data = with_queue_overrides_and_registration(example())
+    desc = parse_description(dump_description(data), "desc.yaml")
+    assert semantic_findings(desc, probe_fastagi=False) == []
+    files = render(data)
+    queues = parse_conf(files["queues.conf"])
+    support = dict(next(items for name, items in queues if name == "support"))
+    sales = dict(next(items for name, items in queues if name == "sales"))
+    assert (support["strategy"], support["timeout"], support["servicelevel"]) == \
+        ("linear", "15", "30")
+    assert "weight" not in support and "maxlen" not in support
+    assert (sales["strategy"], sales["timeout"], sales["wrapuptime"], sales["weight"],
+            sales["maxlen"], sales["servicelevel"]) == ("ringall", "25", "10", "5", "40", "30")
+    pjsip = parse_conf(files["pjsip.conf"])
+    reg = dict(next(items for name, items in pjsip if name == "carrier-reg"))
+    assert reg["type"] == "registration" and reg["outbound_auth"] == "carrier-auth"
+    assert reg["server_uri"] == "sip:127.0.0.1:5070"
+    assert reg["client_uri"] == "sip:cc-trunk@127.0.0.1:5070"
+    assert (reg["contact_user"], reg["expiration"], reg["line"], reg["endpoint"]) == \
+        ("74951234567", "600", "yes", "carrier")
+    carrier = dict(next(items for name, items in pjsip
+                        if name == "carrier" and ("type", "endpoint") in items))
+    assert carrier["outbound_auth"] == "carrier-auth"
+    for name, text in files.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    assert import_dir(tmp_path) == data
+
+
+def test_registration_defaults_weak_secret_and_reserved_names() -> None:
+    data = example()
+    data["trunks"]["outbound"]["registration"] = {
+        "username": "cc", "secret": "password", "contact_user": "100"}
+    assert any("trunk registration: secret too short" in e for e in errors(data))
+    files = render(example() | {"trunks": {**data["trunks"], "outbound": {
+        **data["trunks"]["outbound"], "registration": {
+            "username": "cc", "secret": "Tr7_uNk9-Reg4Xq2", "contact_user": "100"}}}})
+    reg = dict(next(items for name, items in parse_conf(files["pjsip.conf"])
+                    if name == "carrier-reg"))
+    assert (reg["expiration"], reg["retry_interval"]) == ("300", "30")
+    data = example()
+    data["queues"][0]["name"] = "carrier-reg"
+    assert any("reserved by the templates" in e for e in errors(data))
+
+
+def test_queue_override_out_of_range_is_refused_with_its_line() -> None:
+    data = example()
+    data["queues"][1]["strategy"] = "roundrobin"
+    text = dump_description(data)
+    with pytest.raises(DescriptionError) as info:
+        parse_description(text, "desc.yaml")
+    (finding,) = info.value.findings
+    assert "queues/1/strategy" in finding.message
+    assert finding.line == line_of(text, "strategy: roundrobin")

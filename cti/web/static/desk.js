@@ -188,8 +188,17 @@ function handleEvent(msg) {
       onDelivery(msg);
       break;
     case "call_answered":
+      setCallState(msg);
+      break;
     case "call_ended":
       setCallState(msg);
+      startWrapup(msg);
+      break;
+    case "agent_status":
+      onAgentStatus(msg);
+      break;
+    case "phone_state":
+      if (msg.state) $("call-bar").dataset.phone = msg.state;
       break;
     case "resync":
       refreshLists();
@@ -227,6 +236,9 @@ function showPop(msg) {
   $("pop").hidden = false;
   const inter = msg.interaction || {};
   pop.callId = inter.call_id || null;
+  pop.lastMerge = null;
+  pop.voiceConvId = msg.channel === "voice" && msg.conversation ? msg.conversation.id : pop.voiceConvId;
+  $("call-bar").hidden = msg.channel !== "voice" || !pop.callId;
   const state = el("span", { id: "call-state", class: "muted" }, msg.channel === "voice" ? "ringing" : "");
   $("interaction").replaceChildren(
     el("strong", {}, `${msg.channel === "voice" ? "Incoming call" : msg.opened
@@ -265,6 +277,10 @@ function setCallState(msg) {
 
 function renderCard(customer, contact, channel = "voice") {
   const card = $("card");
+  pop.customer = customer.id ? customer : null;
+  $("note-form").hidden = !customer.id;
+  $("merge-bar").hidden = !customer.id || !isSupervisor() || customer.provisional;
+  if (!$("merge-bar").hidden && !pop.lastMerge) renderMergeBar();
   if (customer.provisional) {
     const name = el("input", { id: "quick-name", placeholder: "new customer name", maxlength: "200" });
     const phone = el("input", { id: "quick-phone", placeholder: "existing customer's phone", maxlength: "64" });
@@ -278,8 +294,12 @@ function renderCard(customer, contact, channel = "voice") {
     );
     return;
   }
+  const phones = (customer.identities || []).filter((i) => i.kind === "phone");
   card.replaceChildren(
     el("div", { class: "card-name", id: "card-name" }, customer.name || "(no name)"),
+    phones.length ? el("div", { class: "bar dial-bar" }, ...phones.map((i) =>
+      el("button", { type: "button", class: "dial", "data-number": i.value,
+                     onclick: () => clickToDial(i.value) }, `Call ${i.value}`))) : null,
     dl([
       ["Contacts", identityText(customer)],
       ["Segment", customer.segment],
@@ -535,6 +555,8 @@ function renderActive() {
   ol.replaceChildren(...entry.messages.map(messageItem));
   ol.scrollTop = ol.scrollHeight;
   $("reply").value = sessionStorage.getItem(`cti.draft.${c.id}`) || "";
+  renderTemplates(c.channel);
+  renderConvTags(c);
   updateSegments();
   updateSla();
 }
@@ -560,9 +582,12 @@ function onMessage(msg) {
 
 function onDelivery(msg) {
   const entry = convs.get(msg.conversation_id);
-  if (!entry || !entry.messages) return;
+  if (!entry) return;
+  if (!entry.messages) entry.messages = [];
   const last = [...entry.messages].reverse().find((m) => m.dir === "out");
   if (last) last.status = msg.status;
+  prependLive(entry.conv.customer_id, "delivery_status", entry.conv.channel, entry.conv.id,
+    { status: msg.status, message_ref: msg.message_ref });
   if (msg.conversation_id === activeId) renderActive();
 }
 
@@ -592,13 +617,9 @@ async function closeConv(ev) {
   const code = $("wrapup").value.trim();
   try {
     await api("POST", `/conversations/${entry.conv.id}/close`, code ? { wrap_up_code: code } : {});
-    convs.delete(entry.conv.id);
     notice(`Conversation #${entry.conv.id} closed${code ? ` (${code})` : ""}`);
-    activeId = [...convs.values()].find((e) => e.tab)?.conv.id ?? null;
     $("wrapup").value = "";
-    renderTabs();
-    renderActive();
-    refreshLists();
+    dropTab(entry.conv.id);
   } catch (err) {
     notice(err.message);
   }
@@ -644,24 +665,415 @@ function updateSla() {
 }
 
 // ---- status ---------------------------------------------------------------------
-// The server has no status endpoint yet: the choice is kept in this tab only.
+// Asterisk's queue membership is the truth: the page shows what the server
+// reports (GET /agents/me/status, then agent_status frames when a pause is
+// made anywhere, the phone included). Choosing a status sends QueuePause
+// through the server; on failure the page goes back to the last known state.
+// Wrap-up is the time between the end of a call and its wrap-up code.
 
-function onStatus() {
-  const paused = $("status-select").value === "paused";
+const status = { paused: false, reason: "", wrapup: null, known: false };
+
+function reasonLabel(reason) {
+  const opt = [...$("pause-reason").options].find((o) => o.value === reason);
+  return opt ? opt.textContent : reason;
+}
+
+function renderStatus() {
+  const value = status.wrapup ? "wrapup" : status.paused ? "paused" : "available";
+  $("status-select").value = value;
+  $("pause-reason").hidden = value !== "paused";
+  if (status.paused && [...$("pause-reason").options].some((o) => o.value === status.reason)) {
+    $("pause-reason").value = status.reason;
+  }
+  $("status-note").textContent = value === "paused"
+    ? `paused${status.reason ? `: ${reasonLabel(status.reason)}` : ""}`
+    : value === "wrapup" ? "choose a wrap-up code" : "";
+  document.body.dataset.status = value === "paused" ? `paused:${status.reason}` : value;
+}
+
+function applyStatus(s) {
+  status.paused = Boolean(s.paused);
+  status.reason = s.reason || "";
+  status.known = true;
+  renderStatus();
+}
+
+async function loadStatus() {
+  try {
+    applyStatus(await api("GET", "/agents/me/status"));
+  } catch (err) {
+    $("status-note").textContent = err.code === "conflict" ? "no phone endpoint" : err.message;
+  }
+}
+
+function onAgentStatus(msg) {
+  applyStatus(msg);
+  const c = msg.changed;
+  if (c && c.paused) notice(`Paused in ${c.queue}${c.reason ? ` (${reasonLabel(c.reason)})` : ""}`);
+}
+
+async function onStatus() {
+  const value = $("status-select").value;
+  if (value === "wrapup") return;
+  const paused = value === "paused";
   $("pause-reason").hidden = !paused;
-  const reason = paused ? $("pause-reason").selectedOptions[0].textContent : "";
-  $("status-note").textContent = paused ? `paused: ${reason} (not sent: no status API)` : "";
-  document.body.dataset.status = paused ? `paused:${$("pause-reason").value}` : "available";
+  const reason = paused ? $("pause-reason").value : "";
+  try {
+    const result = await api("POST", "/agents/me/pause", { paused, reason });
+    applyStatus(result);
+    notice(paused ? `You are paused (${reasonLabel(reason)})` : "You are available");
+  } catch (err) {
+    notice(`Status not changed: ${err.message}`);
+    renderStatus();
+  }
+}
+
+function startWrapup(msg) {
+  if (!msg.conversation_id) return;
+  status.wrapup = msg.conversation_id;
+  $("call-bar").hidden = true;
+  $("call-wrapup").hidden = false;
+  $("call-wrapup").dataset.conversation = String(msg.conversation_id);
+  renderStatus();
+}
+
+async function finishWrapup(ev) {
+  ev.preventDefault();
+  const id = status.wrapup;
+  if (!id) return;
+  const code = $("call-wrapup-code").value;
+  try {
+    await api("POST", `/conversations/${id}/close`, code ? { wrap_up_code: code } : {});
+    notice(`Call wrapped up${code ? ` (${code})` : ""}`);
+  } catch (err) {
+    if (err.code !== "conflict") {
+      notice(err.message);
+      return;
+    }
+  }
+  status.wrapup = null;
+  $("call-wrapup").hidden = true;
+  renderStatus();
+}
+
+// ---- call control ---------------------------------------------------------------
+// Hang up, transfer and click-to-dial go through the server's AMI link; answer,
+// hold, resume and DTMF go to the agent's own softphone (cti phone) through
+// the server, which answers 409 no_softphone when none is linked.
+
+async function phoneCommand(action, digits) {
+  try {
+    const body = digits ? { action, digits } : { action };
+    const result = await api("POST", "/agents/me/phone", body);
+    notice(`Phone: ${action} sent to ${result.delivered} softphone(s)`);
+  } catch (err) {
+    if (err.code === "no_softphone") {
+      notice(`No softphone linked: start "cti phone" on this PC, or ${action} on your desk phone`);
+    } else {
+      notice(`Phone ${action} failed: ${err.message}`);
+    }
+  }
+}
+
+async function hangupCall() {
+  if (!pop.callId) return;
+  try {
+    await api("POST", `/calls/${encodeURIComponent(pop.callId)}/hangup`);
+    notice("Call hung up");
+  } catch (err) {
+    notice(`Hang up failed: ${err.message}`);
+  }
+}
+
+async function transferCall(ev) {
+  ev.preventDefault();
+  const target = $("xfer-target").value.trim();
+  if (!pop.callId || !target) return;
+  const attended = ev.submitter && ev.submitter.value === "attended";
+  try {
+    await api("POST", `/calls/${encodeURIComponent(pop.callId)}/${attended ? "atxfer" : "transfer"}`,
+      { target });
+    notice(attended ? `Consulting ${target}: hang up to complete the transfer`
+      : `Call transferred to ${target}`);
+    $("xfer-target").value = "";
+  } catch (err) {
+    notice(`Transfer failed: ${err.message}`);
+  }
+}
+
+async function clickToDial(number) {
+  notice(`Calling ${number}: answer your phone first`);
+  try {
+    const placed = await api("POST", "/calls", { number });
+    pop.callId = placed.call_id;
+    $("call-bar").hidden = false;
+    const state = $("call-state");
+    if (state) state.textContent = `dialling ${number}`;
+    notice(`Dialling ${number}`);
+  } catch (err) {
+    notice(`Call to ${number} failed: ${err.message}`);
+  }
+}
+
+function sendDtmf(ev) {
+  ev.preventDefault();
+  const digits = $("dtmf").value.trim();
+  if (!digits) return;
+  $("dtmf").value = "";
+  phoneCommand("dtmf", digits);
+}
+
+// ---- templates, tags, notes, transfer ---------------------------------------------
+
+const ref = { templates: [], tags: [], codes: [] };
+
+async function loadReferenceData() {
+  try {
+    const [t, g, c] = await Promise.all([
+      api("GET", "/templates"), api("GET", "/tags"), api("GET", "/wrap-up-codes"),
+    ]);
+    ref.templates = t.templates;
+    ref.tags = g.tags;
+    ref.codes = c.codes;
+  } catch (err) {
+    notice(err.message);
+    return;
+  }
+  $("tag-select").replaceChildren(el("option", { value: "" }, "Tag..."),
+    ...ref.tags.map((t) => el("option", { value: t.name }, t.name)));
+  $("wrapup-codes").replaceChildren(...ref.codes.map((c) => el("option", { value: c.code }, c.label)));
+  $("call-wrapup-code").replaceChildren(el("option", { value: "" }, "(no code)"),
+    ...ref.codes.map((c) => el("option", { value: c.code }, c.label || c.code)));
+  const entry = convs.get(activeId);
+  if (entry) renderTemplates(entry.conv.channel);
+}
+
+function renderTemplates(channel) {
+  const usable = ref.templates.filter((t) => !t.channel || t.channel === channel);
+  $("template-select").replaceChildren(el("option", { value: "" }, "Template..."),
+    ...usable.map((t) => el("option", { value: String(t.id) }, t.name)));
+}
+
+// {name}, {order}, {agent}: from the customer card and the signed-in agent.
+// A variable with no value stays as written so the agent sees what is missing.
+function fillTemplate(body, vars) {
+  return body.replace(/\{(name|order|agent)\}/g, (m, k) =>
+    (vars[k] === undefined || vars[k] === null || vars[k] === "" ? m : String(vars[k])));
+}
+
+const customerCache = new Map();
+
+async function customerOf(conv) {
+  if (!customerCache.has(conv.customer_id)) {
+    customerCache.set(conv.customer_id, await api("GET", `/customers/${conv.customer_id}`));
+  }
+  return customerCache.get(conv.customer_id);
+}
+
+async function insertTemplate() {
+  const entry = convs.get(activeId);
+  const t = ref.templates.find((x) => String(x.id) === $("template-select").value);
+  if (!entry || !t) return;
+  try {
+    const customer = await customerOf(entry.conv);
+    const custom = customer.custom || {};
+    const text = fillTemplate(t.body, {
+      name: customer.provisional ? "" : customer.name,
+      order: custom.order ?? customer.external_id ?? "",
+      agent: me.name || me.login,
+    });
+    const box = $("reply");
+    box.value = box.value ? `${box.value} ${text}` : text;
+    updateSegments();
+    box.focus();
+  } catch (err) {
+    notice(err.message);
+  }
+}
+
+function renderConvTags(conv) {
+  $("conv-tags").replaceChildren(...(conv.tags || []).map((t) =>
+    el("span", { class: "chip", "data-tag": t }, t,
+      el("button", { type: "button", class: "chip-x", "aria-label": `remove ${t}`,
+                     onclick: () => setTags(conv.id, (conv.tags || []).filter((x) => x !== t)) },
+        "×"))));
+}
+
+async function setTags(id, tags) {
+  try {
+    const conv = await api("POST", `/conversations/${id}/tags`, { tags });
+    const entry = rememberConv(conv);
+    if (id === activeId) renderConvTags(entry.conv);
+  } catch (err) {
+    notice(err.message);
+  }
+}
+
+function addTag() {
+  const entry = convs.get(activeId);
+  const tag = $("tag-select").value;
+  if (!entry || !tag) return;
+  const tags = new Set(entry.conv.tags || []);
+  tags.add(tag);
+  setTags(entry.conv.id, [...tags]);
+}
+
+function dropTab(id) {
+  convs.delete(id);
+  activeId = [...convs.values()].find((e) => e.tab)?.conv.id ?? null;
+  renderTabs();
+  renderActive();
+  refreshLists();
+}
+
+async function transferConv(ev) {
+  ev.preventDefault();
+  const entry = convs.get(activeId);
+  const target = $("conv-xfer-target").value.trim();
+  if (!entry || !target) return;
+  const kind = $("conv-xfer-kind").value;
+  try {
+    await api("POST", `/conversations/${entry.conv.id}/transfer`, { [kind]: target });
+    notice(`Conversation #${entry.conv.id} transferred to ${kind} ${target}`);
+    $("conv-xfer-target").value = "";
+    dropTab(entry.conv.id);
+  } catch (err) {
+    notice(`Transfer failed: ${err.message}`);
+  }
+}
+
+async function addNote(ev) {
+  ev.preventDefault();
+  const text = $("note-text").value;
+  const customer = pop.customer;
+  if (!customer || !text.trim()) return;
+  try {
+    const entry = await api("POST", `/customers/${customer.id}/notes`, { text });
+    $("note-text").value = "";
+    if (customer.id === pop.customerId) {
+      $("timeline").prepend(timelineItem(entry));
+      isNewEvent(entry);
+    }
+    notice("Note added");
+  } catch (err) {
+    notice(err.message);
+  }
+}
+
+// ---- identify and merge -----------------------------------------------------------
+
+function isSupervisor() {
+  return me.role === "supervisor" || me.role === "admin";
+}
+
+function renderMergeBar() {
+  $("merge-bar").replaceChildren(
+    el("button", { type: "button", id: "merge-open", onclick: openMerge }, "Merge a duplicate..."));
+}
+
+const merge = { source: null };
+
+function openMerge() {
+  if (!pop.customer) return;
+  merge.source = null;
+  $("merge-target-name").textContent = pop.customer.name || `#${pop.customer.id}`;
+  $("merge-source").value = "";
+  $("merge-preview").replaceChildren();
+  $("merge-error").textContent = "";
+  $("merge-confirm").disabled = true;
+  $("merge-dialog").showModal();
+}
+
+async function findDuplicate() {
+  const q = $("merge-source").value.trim();
+  $("merge-error").textContent = "";
+  merge.source = null;
+  $("merge-confirm").disabled = true;
+  $("merge-preview").replaceChildren();
+  if (!q) return;
+  try {
+    let found = null;
+    if (/^\d{1,12}$/.test(q) && q.length < 7) {
+      found = await api("GET", `/customers/${q}`);
+    } else {
+      const r = await api("GET", `/customers?phone=${encodeURIComponent(q)}`);
+      found = r.customers[0] || null;
+    }
+    if (!found) {
+      $("merge-error").textContent = `No customer found for ${q}`;
+      return;
+    }
+    if (found.id === pop.customer.id) {
+      $("merge-error").textContent = "That is this customer";
+      return;
+    }
+    merge.source = found;
+    $("merge-preview").replaceChildren(
+      el("div", { class: "card-name", id: "merge-source-name" }, found.name || "(no name)"),
+      dl([["Customer", `#${found.id}`], ["Contacts", identityText(found)]]));
+    $("merge-confirm").disabled = false;
+  } catch (err) {
+    $("merge-error").textContent = err.message;
+  }
+}
+
+async function confirmMerge() {
+  const target = pop.customer;
+  if (!merge.source || !target) return;
+  try {
+    const done = await api("POST", `/customers/${target.id}/merge`, { source_id: merge.source.id });
+    $("merge-dialog").close();
+    pop.lastMerge = { id: done.merge_id, name: merge.source.name, target: target.id };
+    await reloadCard(target.id);
+    showUndo();
+    notice(`Merged ${merge.source.name} into ${target.name}`);
+  } catch (err) {
+    $("merge-error").textContent = err.message;
+  }
+}
+
+function showUndo() {
+  const m = pop.lastMerge;
+  $("merge-bar").hidden = false;
+  $("merge-bar").replaceChildren(
+    el("span", { id: "merge-done" }, `Merged ${m.name} into this customer.`),
+    el("button", { type: "button", id: "merge-undo", onclick: undoMerge }, "Undo"));
+}
+
+async function undoMerge() {
+  const m = pop.lastMerge;
+  if (!m) return;
+  try {
+    await api("POST", `/merges/${m.id}/undo`);
+    pop.lastMerge = null;
+    await reloadCard(m.target);
+    notice(`Merge undone: ${m.name} is separate again`);
+  } catch (err) {
+    notice(`Undo failed: ${err.message}`);
+  }
+}
+
+async function reloadCard(id) {
+  const customer = await api("GET", `/customers/${id}`);
+  customerCache.set(id, customer);
+  renderCard(customer, "");
+  startTimeline(customer.id, []);
 }
 
 // ---- start -----------------------------------------------------------------------
+
+const me = {};
 
 async function startDesk() {
   $("login-view").hidden = true;
   $("desk-view").hidden = false;
   try {
-    const me = await api("GET", "/me");
+    Object.assign(me, await api("GET", "/me"));
     $("me-name").textContent = `${me.name || me.login} (${me.login})`;
+    $("sup-links").hidden = !isSupervisor();
+    document.body.dataset.role = me.role;
+    loadStatus();
+    loadReferenceData();
   } catch (err) {
     if (!sessionStorage.getItem(KEY_TOKEN)) return;
     notice(err.message);
@@ -678,6 +1090,23 @@ function init() {
   $("close-form").addEventListener("submit", closeConv);
   $("status-select").addEventListener("change", onStatus);
   $("pause-reason").addEventListener("change", onStatus);
+  $("call-answer").addEventListener("click", () => phoneCommand("answer"));
+  $("call-hold").addEventListener("click", () => phoneCommand("hold"));
+  $("call-unhold").addEventListener("click", () => phoneCommand("unhold"));
+  $("call-hangup").addEventListener("click", hangupCall);
+  $("dtmf-form").addEventListener("submit", sendDtmf);
+  $("xfer-form").addEventListener("submit", transferCall);
+  $("call-wrapup").addEventListener("submit", finishWrapup);
+  $("template-insert").addEventListener("click", insertTemplate);
+  $("tag-add").addEventListener("click", addTag);
+  $("conv-xfer-form").addEventListener("submit", transferConv);
+  $("note-form").addEventListener("submit", addNote);
+  $("merge-find").addEventListener("click", findDuplicate);
+  $("merge-source").addEventListener("keydown", (e) => {
+    if (e.key === "Enter") { e.preventDefault(); findDuplicate(); }
+  });
+  $("merge-confirm").addEventListener("click", confirmMerge);
+  $("merge-cancel").addEventListener("click", () => $("merge-dialog").close());
   setInterval(updateSla, 1000);
   const refreshSeconds = Number(localStorage.getItem("cti.refresh.s")) || 5;
   setInterval(() => { if (!events.stopped) refreshLists(); }, refreshSeconds * 1000);

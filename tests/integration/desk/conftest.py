@@ -12,12 +12,12 @@ import pytest
 from aiohttp.test_utils import TestServer
 from playwright.async_api import Page
 
-from cti.app import create_app
+from cti.auth import Role
 from cti.config import Settings
+from cti.desk_api import seed_desk
 from cti.keys import SERVICES
-from cti.models import WrapUpCode
+from cti.serve import build_app
 from cti.services import Services
-from cti.web import setup_web
 
 PASSWORD = "desk-password"
 WAIT = 20.0
@@ -53,8 +53,7 @@ async def desk(tmp_path: Path) -> AsyncIterator[Desk]:
         secret_key="desk-test-secret",
         history_flush_interval=0.01,
     )
-    app = create_app(settings)
-    setup_web(app)
+    app = build_app(settings)  # the whole server, as `cti serve` composes it
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     services = app[SERVICES]
@@ -68,8 +67,8 @@ async def desk(tmp_path: Path) -> AsyncIterator[Desk]:
                 queues=["support"],
                 skills=["ru"],
             )
-        async with services.sessions() as session, session.begin():
-            session.add(WrapUpCode(code="resolved", label="Resolved"))
+        await services.agents.create("boss", PASSWORD, name="Boss", role=Role.SUPERVISOR)
+        await seed_desk(services)
         yield Desk(str(server.make_url("")).rstrip("/"), services)
     finally:
         await server.close()

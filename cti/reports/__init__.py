@@ -1,0 +1,1 @@
+"""Reports across channels, computed from the history store (one source of truth)."""

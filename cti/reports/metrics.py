@@ -1,0 +1,585 @@
+"""Voice, text, FCR, tag and agent reports, computed in SQL from the history store.
+
+Theory of operation: each report first folds the history events of one
+conversation into one "fact" row (a GROUP BY conversation_id with conditional
+aggregates: answered or not, the wait, talk, hold, the first inbound and
+outbound message...), joins the conversation (queue, owner, start time), and
+then aggregates the facts per group in SQL. Day and hour groups are local to
+the report's time zone: SQL groups by 15-minute UTC buckets (every zone's UTC
+offset is a multiple of 15 minutes) and Python merges the buckets into local
+days or hours, so DST and odd offsets are exact on SQLite and PostgreSQL alike.
+Every measure is a sum or a max, so merging buckets is exact too. A contact
+belongs to the period in which it started (the conversation's ``queued_at``);
+its events are read up to ``slack`` after the end of the period.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    Float,
+    and_,
+    case,
+    exists,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.expression import ColumnElement
+
+from cti.models import Agent, Conversation, HistoryEvent
+from cti.reports import kinds as K
+from cti.reports.period import Period
+from cti.reports.sql import epoch, floor_int
+
+BUCKET = 900  # seconds; see the theory of operation
+NONE_LABEL = "(none)"
+MAX_REPEATS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ReportOptions:
+    service_level: float = 20.0
+    service_level_by_queue: Mapping[str, float] = field(default_factory=dict)
+    first_response_sla: Mapping[str, float] = field(
+        default_factory=lambda: {"chat": 60.0, "sms": 900.0, "social": 3600.0}
+    )
+    fcr_days: int = 3
+    slack: timedelta = timedelta(days=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    name: str
+    period: Period
+    columns: tuple[str, ...]
+    rows: list[dict[str, Any]]
+    totals: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "report": self.name,
+            "from": self.period.start.astimezone(self.period.tz).isoformat(),
+            "to": self.period.end.astimezone(self.period.tz).isoformat(),
+            "tz": self.period.tz_name,
+            "group_by": self.period.group_by,
+            "columns": list(self.columns),
+            "rows": self.rows,
+            "totals": self.totals,
+            **self.extra,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Measure:
+    name: str
+    expr: ColumnElement[Any]
+    op: str = "sum"  # "sum" | "max"
+
+
+h = HistoryEvent.__table__
+conv = Conversation.__table__
+agents = Agent.__table__
+
+
+def _num(key: str) -> ColumnElement[Any]:
+    value: ColumnElement[Any] = h.c.payload[key].as_float()
+    return value
+
+
+def _when(kinds: Sequence[str], value: ColumnElement[Any] | int) -> ColumnElement[Any]:
+    return case((h.c.kind.in_(kinds), value), else_=null())
+
+
+def _flag(kinds: Sequence[str]) -> ColumnElement[Any]:
+    return func.max(case((h.c.kind.in_(kinds), 1), else_=0))
+
+
+def _ratio(num: float | None, den: float | None, scale: float = 1.0) -> float | None:
+    if not den or num is None:
+        return None
+    return round(num * scale / den, 2)
+
+
+def _events_in(period: Period, options: ReportOptions) -> ColumnElement[bool]:
+    return and_(
+        h.c.occurred_at >= period.start,
+        h.c.occurred_at < period.end + options.slack,
+        h.c.conversation_id.is_not(None),
+    )
+
+
+def _marks() -> Any:
+    """(conversation, tag) pairs an agent marked."""
+    return (
+        select(h.c.conversation_id.label("cid"), h.c.payload["tag"].as_string().label("tag"))
+        .where(h.c.kind == K.MARKED)
+        .distinct()
+        .subquery("marks")
+    )
+
+
+async def _grouped(
+    engine: AsyncEngine,
+    period: Period,
+    facts: Any,
+    keys: Mapping[str, ColumnElement[Any]],
+    measures: Sequence[Measure],
+) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, Any]]:
+    """Aggregate fact rows per group (and per local day/hour); return rows and totals."""
+    group = period.group_by
+    source: Any = facts
+    key: ColumnElement[Any]
+    if group == "tag":
+        marks = _marks()
+        source = facts.join(marks, marks.c.cid == facts.c.cid)
+        key = marks.c.tag
+    elif group is not None and group in keys:
+        key = keys[group]
+    else:
+        key = literal("")
+    bucket: ColumnElement[Any] = (
+        floor_int(facts.c.start / BUCKET) if group in ("day", "hour") else literal(0)
+    )
+    agg = [
+        (func.max(m.expr) if m.op == "max" else func.sum(m.expr)).label(m.name) for m in measures
+    ]
+    query = select(key.label("k"), bucket.label("b"), *agg).select_from(source)
+    if group == "tag" or group in keys or group in ("day", "hour"):
+        query = query.group_by(key, bucket)
+    async with engine.connect() as db:
+        raw = (await db.execute(query)).all()
+        if group == "tag":
+            total_q = select(*agg).select_from(facts)
+            totals_raw = [(None, None, *(await db.execute(total_q)).one())]
+        else:
+            totals_raw = None
+    merged: dict[str, dict[str, Any]] = {}
+    totals: dict[str, Any] = {}
+    for row in raw:
+        label = _label(group, row[0], row[1], period)
+        into = merged.setdefault(label, {})
+        for m, value in zip(measures, row[2:], strict=True):
+            _merge(into, m, value)
+            if totals_raw is None:
+                _merge(totals, m, value)
+    if totals_raw is not None:
+        for m, value in zip(measures, totals_raw[0][2:], strict=True):
+            _merge(totals, m, value)
+    for m in measures:
+        totals.setdefault(m.name, 0 if m.op == "sum" else None)
+    return sorted(merged.items()), totals
+
+
+def _merge(into: dict[str, Any], m: Measure, value: Any) -> None:
+    if value is None:
+        into.setdefault(m.name, 0 if m.op == "sum" else None)
+        return
+    value = float(value)
+    old = into.get(m.name)
+    if m.op == "sum":
+        into[m.name] = (old or 0) + value
+    else:
+        into[m.name] = value if old is None else max(old, value)
+
+
+def _label(group: str | None, key: Any, bucket: Any, period: Period) -> str:
+    if group in ("day", "hour"):
+        local = datetime.fromtimestamp(int(bucket) * BUCKET, period.tz)
+        return local.strftime("%Y-%m-%d") if group == "day" else local.strftime("%Y-%m-%d %H:00")
+    if group is None:
+        return "all"
+    return str(key) if key not in (None, "") else NONE_LABEL
+
+
+def _table(
+    name: str,
+    period: Period,
+    grouped: tuple[list[tuple[str, dict[str, Any]]], dict[str, Any]],
+    finish: Callable[[dict[str, Any]], dict[str, Any]],
+    extra: dict[str, Any] | None = None,
+) -> Report:
+    rows, raw_totals = grouped
+    group = period.group_by or "all"
+    out = [{group: label, **finish(values)} for label, values in rows]
+    totals = finish(raw_totals)
+    columns = (group, *totals.keys())
+    return Report(name, period, columns, out, totals, extra or {})
+
+
+# ---------------------------------------------------------------------- voice
+
+
+def _sl_threshold(options: ReportOptions) -> ColumnElement[Any]:
+    per_queue = dict(options.service_level_by_queue)
+    if not per_queue:
+        return literal(options.service_level, Float())
+    return case(
+        *((conv.c.queue == q, literal(float(n), Float())) for q, n in per_queue.items()),
+        else_=literal(options.service_level, Float()),
+    )
+
+
+def voice_facts(period: Period, options: ReportOptions) -> Any:
+    per_call = (
+        select(
+            h.c.conversation_id.label("cid"),
+            _flag([K.CALL_QUEUED]).label("queued"),
+            _flag([K.CALL_ANSWERED]).label("answered"),
+            func.max(_when([K.CALL_ANSWERED], _num("wait"))).label("answer_wait"),
+            _flag([K.CALL_ABANDONED]).label("left_queue"),
+            func.max(_when([K.CALL_ABANDONED], _num("wait"))).label("abandon_wait"),
+            _flag([K.CALL_DEFLECTED]).label("deflected_event"),
+            _flag([K.CALLBACK_BOOKED]).label("callback_booked"),
+            _flag([K.CALLBACK_CONNECTED]).label("called_back"),
+            func.max(_when([K.CALL_ENDED], _num("talk"))).label("talk"),
+            func.max(_when([K.CALL_ENDED], _num("hold"))).label("hold"),
+            func.max(_when([K.CALL_ENDED], _num("wait"))).label("end_wait"),
+            func.max(_when([K.CALL_ENDED], epoch(h.c.occurred_at))).label("ended_at"),
+            func.max(_when([K.CLOSED], epoch(h.c.occurred_at))).label("closed_at"),
+        )
+        .where(
+            _events_in(period, options),
+            h.c.channel == "voice",
+            h.c.kind.in_(
+                (
+                    K.CALL_QUEUED,
+                    K.CALL_ANSWERED,
+                    K.CALL_ABANDONED,
+                    K.CALL_DEFLECTED,
+                    K.CALLBACK_BOOKED,
+                    K.CALLBACK_CONNECTED,
+                    K.CALL_ENDED,
+                    K.CLOSED,
+                )
+            ),
+        )
+        .group_by(h.c.conversation_id)
+        .subquery("per_call")
+    )
+    p = per_call.c
+    linked = conv.alias("linked")
+    deflected = or_(
+        p.deflected_event == 1,
+        exists().where(
+            linked.c.linked_to_id == conv.c.id, linked.c.external_ref.like("%:deflected:%")
+        ),
+    )
+    answered = p.answered == 1
+    wrap = case(
+        (
+            and_(answered, p.closed_at.is_not(None), p.ended_at.is_not(None)),
+            case((p.closed_at > p.ended_at, p.closed_at - p.ended_at), else_=0.0),
+        ),
+        else_=0.0,
+    )
+    is_deflected = case((and_(deflected, ~answered), 1), else_=0)
+    is_booked = case((and_(p.callback_booked == 1, ~answered), 1), else_=0)
+    abandoned = and_(p.left_queue == 1, ~answered, ~deflected, p.callback_booked == 0)
+    on_answered = case((answered, 1), else_=0)
+    return (
+        select(
+            p.cid,
+            conv.c.queue.label("queue"),
+            agents.c.login.label("agent"),
+            conv.c.channel.label("channel"),
+            epoch(conv.c.queued_at).label("start"),
+            p.queued.label("offered"),
+            on_answered.label("answered"),
+            case((abandoned, 1), else_=0).label("abandoned"),
+            case((abandoned, func.coalesce(p.abandon_wait, 0.0)), else_=0.0).label("abandon_wait"),
+            is_deflected.label("deflected"),
+            is_booked.label("callback_requested"),
+            case((and_(p.called_back == 1, ~answered), 1), else_=0).label("called_back"),
+            case((answered, func.coalesce(p.answer_wait, 0.0)), else_=0.0).label("answer_wait"),
+            case(
+                (and_(answered, func.coalesce(p.answer_wait, 0.0) <= _sl_threshold(options)), 1),
+                else_=0,
+            ).label("in_sl"),
+            case((answered, func.coalesce(p.talk, 0.0)), else_=0.0).label("talk"),
+            case((answered, func.coalesce(p.hold, 0.0)), else_=0.0).label("hold"),
+            wrap.label("wrap"),
+            func.coalesce(p.answer_wait, p.abandon_wait, p.end_wait, 0.0).label("wait"),
+        )
+        .select_from(per_call)
+        .join(conv, conv.c.id == p.cid)
+        .outerjoin(agents, agents.c.id == conv.c.owner_id)
+        .where(
+            conv.c.channel == "voice",
+            conv.c.queued_at >= period.start,
+            conv.c.queued_at < period.end,
+        )
+        .subquery("voice_facts")
+    )
+
+
+VOICE_KEYS = ("queue", "agent", "channel")
+
+
+async def voice_report(engine: AsyncEngine, period: Period, options: ReportOptions) -> Report:
+    f = voice_facts(period, options)
+    c = f.c
+    measures = [
+        Measure("calls", literal(1)),
+        Measure("offered", c.offered),
+        Measure("answered", c.answered),
+        Measure("abandoned", c.abandoned),
+        Measure("abandon_wait_sum", c.abandon_wait),
+        Measure("abandon_wait_max", case((c.abandoned == 1, c.abandon_wait), else_=null()), "max"),
+        Measure("deflected", c.deflected),
+        Measure("callback_requested", c.callback_requested),
+        Measure("called_back", c.called_back),
+        Measure("answer_wait_sum", c.answer_wait),
+        Measure("in_sl", c.in_sl),
+        Measure("talk_sum", c.talk),
+        Measure("hold_sum", c.hold),
+        Measure("wrap_sum", c.wrap),
+        Measure("longest_wait", c.wait, "max"),
+    ]
+    grouped = await _grouped(engine, period, f, {k: c[k] for k in VOICE_KEYS}, measures)
+
+    def finish(v: dict[str, Any]) -> dict[str, Any]:
+        answered = v["answered"]
+        handled = v["talk_sum"] + v["hold_sum"] + v["wrap_sum"]
+        return {
+            "calls": int(v["calls"]),
+            "offered": int(v["offered"]),
+            "answered": int(answered),
+            "abandoned": int(v["abandoned"]),
+            "avg_abandon_wait": _ratio(v["abandon_wait_sum"], v["abandoned"]),
+            "max_abandon_wait": v["abandon_wait_max"],
+            "deflected": int(v["deflected"]),
+            "callback_requested": int(v["callback_requested"]),
+            "called_back": int(v["called_back"]),
+            "asa": _ratio(v["answer_wait_sum"], answered),
+            "aht": _ratio(handled, answered),
+            "avg_talk": _ratio(v["talk_sum"], answered),
+            "avg_hold": _ratio(v["hold_sum"], answered),
+            "avg_wrap": _ratio(v["wrap_sum"], answered),
+            "answered_in_sl": int(v["in_sl"]),
+            "service_level": _ratio(v["in_sl"], answered + v["abandoned"], 100.0),
+            "longest_wait": v["longest_wait"],
+        }
+
+    return _table("voice", period, grouped, finish)
+
+
+# ----------------------------------------------------------------------- text
+
+
+def text_facts(period: Period, options: ReportOptions) -> Any:
+    when_in = _when(K.INBOUND_TEXT, epoch(h.c.occurred_at))
+    per_conv = (
+        select(
+            h.c.conversation_id.label("cid"),
+            func.min(when_in).label("first_in"),
+            func.min(_when(K.OUTBOUND_TEXT, epoch(h.c.occurred_at))).label("first_out"),
+            func.sum(case((h.c.kind.in_(K.INBOUND_TEXT), 1), else_=0)).label("msgs_in"),
+            func.sum(case((h.c.kind.in_(K.OUTBOUND_TEXT), 1), else_=0)).label("msgs_out"),
+            func.max(_when([K.CLOSED], epoch(h.c.occurred_at))).label("closed_at"),
+        )
+        .where(
+            _events_in(period, options),
+            h.c.channel.in_(K.TEXT_CHANNELS),
+            h.c.kind.in_((*K.INBOUND_TEXT, *K.OUTBOUND_TEXT, K.CLOSED)),
+        )
+        .group_by(h.c.conversation_id)
+        .subquery("per_conv")
+    )
+    p = per_conv.c
+    sla = dict(options.first_response_sla)
+    threshold = case(
+        *((conv.c.channel == ch, literal(float(n), Float())) for ch, n in sla.items()),
+        else_=null(),
+    )
+    responded = and_(p.first_in.is_not(None), p.first_out.is_not(None), p.first_out >= p.first_in)
+    frt = case((responded, p.first_out - p.first_in), else_=null())
+    start = epoch(conv.c.queued_at)
+    resolved = p.closed_at.is_not(None)
+    return (
+        select(
+            p.cid,
+            conv.c.queue.label("queue"),
+            agents.c.login.label("agent"),
+            conv.c.channel.label("channel"),
+            start.label("start"),
+            case((responded, 1), else_=0).label("responded"),
+            func.coalesce(frt, 0.0).label("frt"),
+            frt.label("frt_or_null"),
+            case((and_(responded, frt <= threshold), 1), else_=0).label("in_sla"),
+            case((p.first_in.is_not(None), 1), else_=0).label("customer_wrote"),
+            case((resolved, 1), else_=0).label("resolved"),
+            case((resolved, p.closed_at - start), else_=0.0).label("resolution"),
+            (p.msgs_in + p.msgs_out).label("messages"),
+            p.msgs_in.label("messages_in"),
+        )
+        .select_from(per_conv)
+        .join(conv, conv.c.id == p.cid)
+        .outerjoin(agents, agents.c.id == conv.c.owner_id)
+        .where(
+            conv.c.channel.in_(K.TEXT_CHANNELS),
+            conv.c.queued_at >= period.start,
+            conv.c.queued_at < period.end,
+        )
+        .subquery("text_facts")
+    )
+
+
+async def text_report(engine: AsyncEngine, period: Period, options: ReportOptions) -> Report:
+    f = text_facts(period, options)
+    c = f.c
+    measures = [
+        Measure("conversations", literal(1)),
+        Measure("customer_wrote", c.customer_wrote),
+        Measure("responded", c.responded),
+        Measure("frt_sum", c.frt),
+        Measure("frt_max", c.frt_or_null, "max"),
+        Measure("in_sla", c.in_sla),
+        Measure("resolved", c.resolved),
+        Measure("resolution_sum", c.resolution),
+        Measure("messages", c.messages),
+        Measure("messages_in", c.messages_in),
+    ]
+    grouped = await _grouped(engine, period, f, {k: c[k] for k in VOICE_KEYS}, measures)
+
+    def finish(v: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "conversations": int(v["conversations"]),
+            "responded": int(v["responded"]),
+            "avg_first_response": _ratio(v["frt_sum"], v["responded"]),
+            "max_first_response": v["frt_max"],
+            "responded_in_sla": int(v["in_sla"]),
+            "sla": _ratio(v["in_sla"], v["customer_wrote"], 100.0),
+            "resolved": int(v["resolved"]),
+            "avg_resolution": _ratio(v["resolution_sum"], v["resolved"]),
+            "messages": int(v["messages"]),
+            "messages_per_conversation": _ratio(v["messages"], v["conversations"]),
+        }
+
+    return _table("text", period, grouped, finish)
+
+
+# ------------------------------------------------------------------------ FCR
+
+
+def _contact_facts(period: Period, options: ReportOptions) -> tuple[Any, Any]:
+    later = conv.alias("later")
+    window = float(options.fcr_days * 86400)
+    repeat = and_(
+        later.c.customer_id == conv.c.customer_id,
+        later.c.id != conv.c.id,
+        later.c.linked_to_id.is_(None),
+        later.c.queued_at > conv.c.queued_at,
+        epoch(later.c.queued_at) - epoch(conv.c.queued_at) <= window,
+    )
+    first_repeat = select(func.min(later.c.id)).where(repeat).scalar_subquery()
+    facts = (
+        select(
+            conv.c.id.label("cid"),
+            conv.c.customer_id,
+            conv.c.queue.label("queue"),
+            agents.c.login.label("agent"),
+            conv.c.channel.label("channel"),
+            conv.c.queued_at,
+            epoch(conv.c.queued_at).label("start"),
+            first_repeat.label("repeat_id"),
+        )
+        .select_from(conv)
+        .outerjoin(agents, agents.c.id == conv.c.owner_id)
+        .where(
+            conv.c.queued_at >= period.start,
+            conv.c.queued_at < period.end,
+            conv.c.linked_to_id.is_(None),
+        )
+        .subquery("contacts")
+    )
+    return facts, later
+
+
+async def fcr_report(engine: AsyncEngine, period: Period, options: ReportOptions) -> Report:
+    f, _ = _contact_facts(period, options)
+    c = f.c
+    repeated = case((c.repeat_id.is_not(None), 1), else_=0)
+    measures = [Measure("contacts", literal(1)), Measure("repeated", repeated)]
+    grouped = await _grouped(engine, period, f, {k: c[k] for k in VOICE_KEYS}, measures)
+    later = conv.alias("repeat")
+    repeats_q = (
+        select(
+            c.cid,
+            c.customer_id,
+            c.channel,
+            c.queued_at,
+            later.c.id,
+            later.c.channel,
+            later.c.queued_at,
+        )
+        .join(later, later.c.id == c.repeat_id)
+        .order_by(c.queued_at, c.cid)
+        .limit(MAX_REPEATS + 1)
+    )
+    async with engine.connect() as db:
+        repeats = (await db.execute(repeats_q)).all()
+    tz = period.tz
+    repeat_list = [
+        {
+            "conversation_id": r[0],
+            "customer_id": r[1],
+            "channel": r[2],
+            "started_at": r[3].astimezone(tz).isoformat(),
+            "repeat_conversation_id": r[4],
+            "repeat_channel": r[5],
+            "repeat_started_at": r[6].astimezone(tz).isoformat(),
+        }
+        for r in repeats[:MAX_REPEATS]
+    ]
+
+    def finish(v: dict[str, Any]) -> dict[str, Any]:
+        contacts = int(v["contacts"])
+        repeated_n = int(v["repeated"])
+        return {
+            "contacts": contacts,
+            "repeated": repeated_n,
+            "resolved_first_contact": contacts - repeated_n,
+            "fcr": _ratio(contacts - repeated_n, contacts, 100.0),
+        }
+
+    extra = {
+        "fcr_days": options.fcr_days,
+        "repeat_contacts": repeat_list,
+        "repeat_contacts_truncated": len(repeats) > MAX_REPEATS,
+    }
+    return _table("fcr", period, grouped, finish, extra)
+
+
+# ---------------------------------------------------------------------- agents
+
+
+async def agents_report(engine: AsyncEngine, period: Period, options: ReportOptions) -> Report:
+    """Per agent (the conversation's last owner): voice handling and text handling."""
+    by_agent = Period(period.start, period.end, period.tz, "agent")
+    voice = await voice_report(engine, by_agent, options)
+    text = await text_report(engine, by_agent, options)
+    voice_cols = ("answered", "asa", "aht", "avg_talk", "avg_hold", "avg_wrap")
+    text_cols = ("conversations", "avg_first_response", "messages", "avg_resolution")
+    rows: dict[str, dict[str, Any]] = {}
+    for row in voice.rows:
+        rows.setdefault(row["agent"], {}).update({f"voice_{k}": row[k] for k in voice_cols})
+    for row in text.rows:
+        rows.setdefault(row["agent"], {}).update({f"text_{k}": row[k] for k in text_cols})
+    columns = ("agent", *(f"voice_{k}" for k in voice_cols), *(f"text_{k}" for k in text_cols))
+    out = []
+    for login in sorted(rows):
+        values = rows[login]
+        out.append({col: values.get(col) if col != "agent" else login for col in columns})
+    totals = {f"voice_{k}": voice.totals[k] for k in voice_cols} | {
+        f"text_{k}": text.totals[k] for k in text_cols
+    }
+    return Report("agents", by_agent, columns, out, {"agent": "all", **totals})

@@ -1,0 +1,61 @@
+"""Two SQL expressions that differ by dialect, so every report has one code path.
+
+``Epoch(x)``: seconds since 1970 as a float. SQLite stores our UtcDateTime as
+naive UTC text, which ``julianday`` reads; PostgreSQL has ``EXTRACT(EPOCH)``.
+``Floor(x)``: the largest integer not above x (SQLite has no FLOOR before 3.35
+and CAST truncates towards zero, which differs for negative values).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Float, Integer
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ColumnElement
+from sqlalchemy.sql.functions import FunctionElement
+
+
+class Epoch(FunctionElement[float]):
+    type = Float()
+    inherit_cache = True
+    name = "epoch"
+
+
+class Floor(FunctionElement[int]):
+    type = Integer()
+    inherit_cache = True
+    name = "floor_int"
+
+
+@compiles(Epoch, "sqlite")
+def _epoch_sqlite(element: Epoch, compiler: SQLCompiler, **kw: Any) -> str:
+    arg = compiler.process(element.clauses, **kw)
+    return f"((julianday({arg}) - 2440587.5) * 86400.0)"
+
+
+@compiles(Epoch, "postgresql")
+def _epoch_pg(element: Epoch, compiler: SQLCompiler, **kw: Any) -> str:
+    arg = compiler.process(element.clauses, **kw)
+    return f"CAST(EXTRACT(EPOCH FROM {arg}) AS DOUBLE PRECISION)"
+
+
+@compiles(Floor, "sqlite")
+def _floor_sqlite(element: Floor, compiler: SQLCompiler, **kw: Any) -> str:
+    arg = compiler.process(element.clauses, **kw)
+    return f"(CAST({arg} AS INTEGER) - (CAST({arg} AS INTEGER) > ({arg})))"
+
+
+@compiles(Floor, "postgresql")
+def _floor_pg(element: Floor, compiler: SQLCompiler, **kw: Any) -> str:
+    arg = compiler.process(element.clauses, **kw)
+    return f"CAST(FLOOR({arg}) AS BIGINT)"
+
+
+def epoch(column: ColumnElement[Any]) -> ColumnElement[float]:
+    return Epoch(column)
+
+
+def floor_int(value: ColumnElement[Any]) -> ColumnElement[int]:
+    return Floor(value)

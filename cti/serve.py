@@ -14,16 +14,20 @@ from aiohttp import web
 
 from cti.app import create_app
 from cti.callbacks import setup_callbacks
+from cti.cluster.node import setup_cluster
 from cti.config import ConfigError, Settings, load_settings
 from cti.demo import seed
 from cti.desk_api import seed_desk, setup_desk_api
 from cti.keys import SERVICES
 from cti.links.callcontrol import setup_call_control
+from cti.links.ivr import setup_ivr
 from cti.links.lab import attach_lab
 from cti.links.pbx import setup_pbx_links
 from cti.links.sms import sms_links
 from cti.phone_api import setup_phone_api
+from cti.reports.api import setup_reports
 from cti.web import setup_web
+from cti.webchat.routes import setup_webchat
 
 log = logging.getLogger("cti.serve")
 
@@ -32,13 +36,17 @@ def build_app(settings: Settings, *, lab: bool = False) -> web.Application:
     app = create_app(settings)
     setup_web(app)
     setup_pbx_links(app)
+    setup_cluster(app)
     setup_call_control(app)
+    setup_reports(app)
     setup_callbacks(app)
     setup_phone_api(app)
     setup_desk_api(app)
     app.cleanup_ctx.append(sms_links())
+    setup_webchat(app)  # after the SMS links: it wraps their sender
     if lab:
         attach_lab(app, settings)
+    setup_ivr(app, lab=lab)
     return app
 
 

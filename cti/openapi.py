@@ -155,6 +155,23 @@ OPENAPI: dict[str, Any] = {
                 "Reply by SMS or chat", ok=201, params=[ID_PARAM], body=_obj(["text"], text=STR)
             )
         },
+        "/api/v1/chat/{token}": {
+            "get": _op(
+                "Customer web chat: state (waiting + place in line, or the agent's name) and "
+                "messages so far; 403 chat_token_invalid / chat_token_expired / chat_closed",
+                auth=False,
+                params=[{"name": "token", "in": "path", "required": True, "schema": STR}],
+            )
+        },
+        "/api/v1/chat/{token}/ws": {
+            "get": _op(
+                "Customer web chat WebSocket: snapshot, then live messages; send "
+                '{"type":"message","text":...}; error frames too_large, rate_limited',
+                auth=False,
+                ok=101,
+                params=[{"name": "token", "in": "path", "required": True, "schema": STR}],
+            )
+        },
         "/api/v1/agents/me/phone": {
             "post": _op(
                 "Send answer/hangup/hold/unhold/dtmf to my linked softphone (409 no_softphone)",

@@ -9,6 +9,11 @@ reconnect and resync) is recorded once. CallOffered is the screen-pop moment:
 the agent whose endpoint is the offered interface gets the pop before the
 phone is answered. Changes for calls we never saw start (we connected
 mid-call) and that carry no caller number are ignored.
+
+A caller the IVR moved to SMS / web chat (``mark_deflected``) left the queue
+with the outcome ``deflected`` (a ``call_deflected`` event): a CallAbandoned for
+that call is not recorded, and its ``call_ended`` carries ``outcome:
+deflected``, so reports never count it as abandoned.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cti.agents import AgentService
@@ -27,7 +32,7 @@ from cti.customers import CustomerService
 from cti.history import HistoryEntry, HistoryWriter
 from cti.hub import EventHub
 from cti.identities import IdentityKind
-from cti.models import Conversation
+from cti.models import Conversation, HistoryEvent
 from cti.screenpop import ScreenPop
 from pbx.changes import (
     CallAbandoned,
@@ -44,6 +49,7 @@ from pbx.changes import (
 
 log = logging.getLogger(__name__)
 
+MAX_DEFLECTED_MEMO = 10_000
 ANONYMOUS = {"", "anonymous", "unknown", "restricted", "<unknown>"}
 
 
@@ -73,6 +79,7 @@ class CallHandler:
         # Other services that follow PBX changes (presence, IVR, callbacks, wallboard):
         # each is awaited after the call bookkeeping, in order; one failing is logged.
         self.listeners: list[Callable[[Change], Awaitable[None]]] = []
+        self._deflected: dict[str, int] = {}  # call_id -> text conversation (memo)
 
     async def handle(self, change: Change) -> None:
         await self._handle(change)
@@ -131,6 +138,8 @@ class CallHandler:
                     f"transferred:{change.target}:{change.at:.3f}",
                 )
             case CallAbandoned():
+                if await self.deflected_to(change.call_id) is not None:
+                    return
                 await self._record(
                     change.call_id,
                     "call_abandoned",
@@ -144,6 +153,34 @@ class CallHandler:
                 self.link_state[change.pbx] = change
             case _:
                 pass
+
+    async def mark_deflected(self, call_id: str, conversation_id: int, queue: str) -> None:
+        """The IVR moved this waiting caller to a text conversation (outcome ``deflected``)."""
+        if len(self._deflected) >= MAX_DEFLECTED_MEMO:
+            self._deflected.pop(next(iter(self._deflected)))
+        self._deflected[call_id] = conversation_id
+        await self._record(
+            call_id,
+            "call_deflected",
+            datetime.now(UTC).timestamp(),
+            {"queue": queue, "outcome": "deflected", "conversation_id": conversation_id},
+            "deflected",
+        )
+
+    async def deflected_to(self, call_id: str) -> int | None:
+        """The text conversation a deflected call went to (memo, else the history)."""
+        found = self._deflected.get(call_id)
+        if found is not None:
+            return found
+        async with self._sessions() as session:
+            payload = await session.scalar(
+                select(HistoryEvent.payload).where(
+                    HistoryEvent.dedup_key == f"{call_id}:deflected"[:200]
+                )
+            )
+        if isinstance(payload, dict) and isinstance(payload.get("conversation_id"), int):
+            return int(payload["conversation_id"])
+        return None
 
     async def _ensure(
         self, call_id: str, number: str, name: str, queue: str | None, at: float
@@ -267,6 +304,8 @@ class CallHandler:
                 .values(status=status, closed_at=_at(change.at) if status == "closed" else None)
             )
         d = change.durations
+        deflected_to = await self.deflected_to(change.call_id)
+        outcome = {"outcome": "deflected", "deflected_to": deflected_to} if deflected_to else {}
         await self._record(
             change.call_id,
             "call_ended",
@@ -281,6 +320,7 @@ class CallHandler:
                 "ring": d.ring,
                 "talk": d.talk,
                 "hold": d.hold,
+                **outcome,
             },
             "ended",
         )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from cti.config import Settings
+from cti.config import HostPort, Settings
 from cti.keys import SERVICES
 from cti.lab import STATE_FILE, LabPbx, LabPbxError, PortTaken
 from cti.links.pbx import PBX_LINKS, setup_pbx_links
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 LAB_PBX_NAME = "lab"
 LAB_PBX: web.AppKey[list[LabPbx]] = web.AppKey("lab_pbx")
+# Where the lab dialplan sends AGI when settings.agi_listen is unset (cti.links.ivr).
+LAB_AGI_LISTEN: web.AppKey[HostPort] = web.AppKey("lab_agi_listen")
 
 Printer = Callable[[str], None]
 
@@ -40,8 +42,8 @@ def lab_run_dir(settings: Settings) -> Path:
     return settings.data_dir / "lab"
 
 
-def _make_lab(run_dir: Path, settings: Settings) -> LabPbx:
-    agi = settings.agi_listen
+def _make_lab(run_dir: Path, settings: Settings, agi: HostPort | None = None) -> LabPbx:
+    agi = agi or settings.agi_listen
     agi_host = "127.0.0.1"
     if agi is not None and agi.host not in ("", "0.0.0.0"):
         agi_host = agi.host
@@ -57,9 +59,11 @@ def _make_lab(run_dir: Path, settings: Settings) -> LabPbx:
     return LabPbx(run_dir, agi_host=agi_host, agi_port=agi.port if agi is not None else None)
 
 
-async def _start_lab(run_dir: Path, settings: Settings) -> tuple[LabPbx, bool]:
+async def _start_lab(
+    run_dir: Path, settings: Settings, agi: HostPort | None = None
+) -> tuple[LabPbx, bool]:
     """The lab PBX running in ``run_dir`` and whether we started it."""
-    lab = _make_lab(run_dir, settings)
+    lab = _make_lab(run_dir, settings, agi)
     if lab.is_running():
         return lab, False
     try:
@@ -87,7 +91,7 @@ def lab_ctx(
     where = run_dir if run_dir is not None else lab_run_dir(settings)
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        lab, ours = await _start_lab(where, settings)
+        lab, ours = await _start_lab(where, settings, app.get(LAB_AGI_LISTEN))
         app[LAB_PBX].append(lab)
         added = False
         try:

@@ -1,0 +1,165 @@
+"""``cti serve`` runs the IVR: the FastAGI server (ivr.server) with cti's ports.
+
+``setup_ivr(app, lab=...)`` appends a cleanup_ctx that, when ``settings.agi_listen``
+(``CTI_AGI_LISTEN``) is set, starts the FastAGI server there with the flows of
+``ivr.flows.default_routes`` and the ports of :mod:`cti.ivr_ports`, registers the
+``ivr`` link in health and closes the server on shutdown (running sessions get
+their grace period). With ``--lab`` and no ``agi_listen`` a free loopback port is
+picked and handed to the lab PBX, whose dialplan then calls this server.
+
+Allow-list: only Asterisk may open AGI sessions: 127.0.0.1 and ::1, plus every
+configured AMI host (``settings.ami``) as written and as resolved at start.
+
+The same ctx makes text work follow the agent's pause on the PBX (a listener on
+``services.calls``): an agent paused in every queue takes no new text
+conversation; on unpause the waiting ones (deflected callers included) are
+offered oldest queue entry first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from aiohttp import web
+
+from cti.config import HostPort, Settings
+from cti.ivr_ports import (
+    CustomerDirectoryPort,
+    IvrHistoryPort,
+    LiveQueueStatistics,
+    OrderServicePort,
+    TextDeflection,
+    callbacks_port,
+)
+from cti.keys import SERVICES
+from cti.links.lab import LAB_AGI_LISTEN
+from cti.links.pbx import PBX_LINKS
+from cti.presence import member_status
+from cti.services import Services
+from ivr.flows import IvrConfig, default_routes
+from ivr.ports import IvrPorts
+from ivr.server import FastAgiServer, FastAgiSettings
+from pbx.changes import Change, QueueMemberChanged
+from pbx.link import AmiLink
+
+log = logging.getLogger(__name__)
+
+IVR_SERVER: web.AppKey[list[FastAgiServer]] = web.AppKey("ivr_server")
+LOOPBACK = frozenset({"127.0.0.1", "::1"})
+RESOLVE_TIMEOUT = 5.0
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def allowed_hosts(settings: Settings) -> frozenset[str]:
+    hosts = set(LOOPBACK)
+    loop = asyncio.get_running_loop()
+    for server in settings.ami:
+        hosts.add(server.host)
+        try:
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(server.host, None, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT
+            )
+        except (OSError, TimeoutError) as exc:
+            log.warning("IVR allow-list: cannot resolve AMI host %s: %s", server.host, exc)
+            continue
+        hosts.update(str(info[4][0]) for info in infos)
+    return frozenset(hosts)
+
+
+def build_ports(app: web.Application) -> IvrPorts:
+    services = app[SERVICES]
+
+    def links() -> Iterable[AmiLink]:
+        registry = app.get(PBX_LINKS)
+        return list(registry.links.values()) if registry is not None else []
+
+    return IvrPorts(
+        customers=CustomerDirectoryPort(services),
+        orders=OrderServicePort(services),
+        history=IvrHistoryPort(services, links),
+        queues=LiveQueueStatistics(services, links),
+        deflection=TextDeflection(services, links),
+        callbacks=callbacks_port(app),
+    )
+
+
+def _probe(server: FastAgiServer, listen: HostPort) -> Any:
+    async def probe() -> dict[str, Any]:
+        c = server.counters
+        return {
+            "kind": "ivr",
+            "up": True,
+            "listen": str(listen),
+            "sessions": server.active_sessions,
+            "accepted": c.accepted,
+            "rejected_host": c.rejected_host,
+            "hangups": c.hangups,
+            "flow_errors": c.flow_errors,
+        }
+
+    return probe
+
+
+def _pause_follower(app: web.Application, services: Services) -> Any:
+    async def on_change(change: Change) -> None:
+        if not isinstance(change, QueueMemberChanged):
+            return
+        registry = app.get(PBX_LINKS)
+        links = list(registry.links.values()) if registry is not None else []
+        status = member_status(links, change.interface)
+        await services.inbox.set_text_available(change.interface, not status["paused"])
+
+    return on_change
+
+
+def ivr_ctx(listen: HostPort | None, config: IvrConfig) -> Any:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        services = app[SERVICES]
+        follower = _pause_follower(app, services)
+        services.calls.listeners.append(follower)
+        server: FastAgiServer | None = None
+        try:
+            if listen is not None:
+                settings = FastAgiSettings(
+                    host=listen.host,
+                    port=listen.port,
+                    allowed_hosts=await allowed_hosts(services.settings),
+                )
+                server = FastAgiServer(settings, default_routes(config), build_ports(app))
+                await server.start()
+                app[IVR_SERVER].append(server)
+                services.links.register("ivr", _probe(server, listen))
+                log.info("IVR: FastAGI server on %s (allowed: %s)", listen,
+                         ", ".join(sorted(settings.allowed_hosts)))
+            yield
+        finally:
+            if server is not None:
+                await server.close()
+                app[IVR_SERVER].remove(server)
+            if follower in services.calls.listeners:
+                services.calls.listeners.remove(follower)
+
+    return ctx
+
+
+def setup_ivr(app: web.Application, *, lab: bool = False, config: IvrConfig | None = None) -> None:
+    """Run the FastAGI server of ``settings.agi_listen`` (or, with the lab and no
+    setting, on a free loopback port the lab dialplan is pointed at)."""
+    settings = app[SERVICES].settings
+    listen = settings.agi_listen
+    if listen is None and lab:
+        listen = HostPort("127.0.0.1", free_loopback_port())
+        app[LAB_AGI_LISTEN] = listen
+    if IVR_SERVER not in app:
+        app[IVR_SERVER] = []
+    app.cleanup_ctx.append(ivr_ctx(listen, config or IvrConfig()))

@@ -9,6 +9,8 @@ from typing import Any
 from aiohttp import web
 
 from cti import api, ws
+from cti.cluster.hub import ClusterHub
+from cti.cluster.node import cluster_probe
 from cti.config import Settings
 from cti.errors import DomainError
 from cti.keys import SERVICES
@@ -71,8 +73,15 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
         return {"kind": "redis", "up": True}
 
     services.links.register("redis", probe)
-    yield
-    await client.aclose()
+    if isinstance(services.hub, ClusterHub):
+        await services.hub.start(client)
+        services.links.register("cluster", cluster_probe(services))
+    try:
+        yield
+    finally:
+        if isinstance(services.hub, ClusterHub):
+            await services.hub.stop()
+        await client.aclose()
 
 
 def create_app(settings: Settings, services: Services | None = None) -> web.Application:

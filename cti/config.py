@@ -8,6 +8,8 @@ token key) never appear in ``repr()`` and so never in logs.
 from __future__ import annotations
 
 import os
+import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,6 +56,26 @@ class SmppLink:
 
 
 @dataclass(frozen=True, slots=True)
+class ModemLink:
+    """A GSM modem on a serial port (``[[modem]]`` in the config file)."""
+
+    name: str
+    port: str
+    baudrate: int = 115200
+    pin: str | None = field(default=None, repr=False)
+    indication: str = "cmti"  # +CMTI (stored on the SIM, read back) or +CMT (routed direct)
+
+
+@dataclass(frozen=True, slots=True)
+class SmsRouteSetting:
+    """``[[sms_route]]``: which gateway serves which destinations / sender ids."""
+
+    gateway: str
+    prefixes: tuple[str, ...] = ()
+    senders: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class BootstrapAdmin:
     login: str
     password: str = field(repr=False)
@@ -67,6 +89,8 @@ class Settings:
     ami: tuple[AmiServer, ...] = ()
     agi_listen: HostPort | None = None
     smpp: tuple[SmppLink, ...] = ()
+    modems: tuple[ModemLink, ...] = ()
+    sms_routes: tuple[SmsRouteSetting, ...] = ()
     redis_url: str | None = field(default=None, repr=False)
     default_region: str = "RU"
     bootstrap_admin: BootstrapAdmin | None = None
@@ -83,6 +107,8 @@ class Settings:
     chat_token_ttl: float = 24 * 3600.0
     callback_attempts: int = 3
     callback_retry_delay: float = 120.0
+    # This node's name in a cluster (leases, bus, health); default hostname-pid.
+    node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
     def database_url(self) -> str:
         if self.db_url:
@@ -158,6 +184,13 @@ def parse_public_url(value: str, name: str = "CTI_PUBLIC_URL") -> str:
     return value.strip().rstrip("/")
 
 
+def parse_node_id(value: str, name: str = "CTI_NODE_ID") -> str:
+    node = value.strip()
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", node):
+        raise ConfigError(f"{name}: 1-64 characters among letters, digits, '.', '_', '-'")
+    return node
+
+
 def parse_region(value: str, name: str = "CTI_DEFAULT_REGION") -> str:
     region = value.strip().upper()
     if region not in phonenumbers.SUPPORTED_REGIONS:
@@ -207,6 +240,8 @@ def _from_file(path: Path) -> dict[str, Any]:
         values["agi_listen"] = parse_host_port(v, "server.agi_listen")
     if (v := _str(server, "redis_url", "server")) is not None:
         values["redis_url"] = v
+    if (v := _str(server, "node_id", "server")) is not None:
+        values["node_id"] = parse_node_id(v, "server.node_id")
     if (v := _str(server, "default_region", "server")) is not None:
         values["default_region"] = parse_region(v, "server.default_region")
     if (v := _str(server, "bootstrap_admin", "server")) is not None:
@@ -232,7 +267,66 @@ def _from_file(path: Path) -> dict[str, Any]:
         values["callback_retry_delay"] = n
     values["ami"] = _list_of_links(data, "pbx", parse_ami_url, "ami_url")
     values["smpp"] = _list_of_links(data, "smpp", parse_smpp_url, "smpp_url")
+    values["modems"] = _modems(data)
+    values["sms_routes"] = _sms_routes(data)
     return values
+
+
+def _tables(data: Mapping[str, Any], key: str) -> list[tuple[str, dict[str, Any]]]:
+    entries = data.get(key, [])
+    if not isinstance(entries, list):
+        raise ConfigError(f"[[{key}]] must be an array of tables")
+    out: list[tuple[str, dict[str, Any]]] = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{key}[{index}]: expected a table")
+        out.append((f"{key}[{index}]", entry))
+    return out
+
+
+def _modems(data: Mapping[str, Any]) -> tuple[ModemLink, ...]:
+    out: list[ModemLink] = []
+    for where, entry in _tables(data, "modem"):
+        unknown = set(entry) - {"name", "port", "baudrate", "pin", "indication"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        port = _str(entry, "port", where)
+        if not port or not port.startswith("/"):
+            raise ConfigError(f"{where}.port: expected a device path such as /dev/ttyUSB0")
+        baud = _number(entry, "baudrate", where, 1200, 4_000_000)
+        pin = _str(entry, "pin", where)
+        if pin is not None and not (pin.isdigit() and 4 <= len(pin) <= 8):
+            raise ConfigError(f"{where}.pin: expected 4 to 8 digits")
+        indication = _str(entry, "indication", where) or "cmti"
+        if indication not in ("cmti", "cmt"):
+            raise ConfigError(f"{where}.indication: expected \"cmti\" or \"cmt\"")
+        out.append(ModemLink(name=_str(entry, "name", where) or f"modem{len(out) + 1}",
+                             port=port, baudrate=int(baud or 115200), pin=pin,
+                             indication=indication))
+    return tuple(out)
+
+
+def _strings(entry: Mapping[str, Any], key: str, where: str, pattern: str) -> tuple[str, ...]:
+    values = entry.get(key, [])
+    if not isinstance(values, list) or not all(
+        isinstance(v, str) and re.fullmatch(pattern, v) for v in values
+    ):
+        raise ConfigError(f"{where}.{key}: expected a list of strings matching {pattern}")
+    return tuple(values)
+
+
+def _sms_routes(data: Mapping[str, Any]) -> tuple[SmsRouteSetting, ...]:
+    out = []
+    for where, entry in _tables(data, "sms_route"):
+        gateway = _str(entry, "gateway", where)
+        if not gateway:
+            raise ConfigError(f"{where}.gateway is required (an [[smpp]] or [[modem]] name)")
+        out.append(SmsRouteSetting(
+            gateway=gateway,
+            prefixes=_strings(entry, "prefixes", where, r"\+?[0-9]{1,15}"),
+            senders=_strings(entry, "senders", where, r"[A-Za-z0-9 +._-]{1,20}"),
+        ))
+    return tuple(out)
 
 
 def _list_of_links(data: Mapping[str, Any], key: str, parse: Any, url_key: str) -> tuple[Any, ...]:
@@ -273,6 +367,8 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         values["smpp"] = (parse_smpp_url(v),)
     if v := env.get("CTI_REDIS_URL"):
         values["redis_url"] = v
+    if v := env.get("CTI_NODE_ID"):
+        values["node_id"] = parse_node_id(v)
     if v := env.get("CTI_DEFAULT_REGION"):
         values["default_region"] = parse_region(v)
     if v := env.get("CTI_BOOTSTRAP_ADMIN"):
@@ -281,4 +377,15 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         values["secret_key"] = v
     if v := env.get("CTI_PUBLIC_URL"):
         values["public_url"] = parse_public_url(v)
-    return Settings(**values)
+    settings = Settings(**values)
+    _check_gateways(settings)
+    return settings
+
+
+def _check_gateways(settings: Settings) -> None:
+    names = [link.name for link in settings.smpp] + [modem.name for modem in settings.modems]
+    if len(set(names)) != len(names):
+        raise ConfigError("SMS gateway names ([[smpp]] and [[modem]]) must be unique")
+    for route in settings.sms_routes:
+        if route.gateway not in names:
+            raise ConfigError(f"[[sms_route]] names an unknown gateway {route.gateway!r}")

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from cti.agents import AgentService
 from cti.auth import Role, TokenSigner
 from cti.calls import CallHandler
+from cti.cluster.hub import ClusterHub
 from cti.config import Settings
 from cti.conversations import ConversationService
 from cti.customers import CustomerService
@@ -60,7 +61,13 @@ class Services:
             batch=settings.history_batch,
             flush_interval=settings.history_flush_interval,
         )
-        self.hub = EventHub(replay=settings.replay_buffer, queue_size=settings.socket_queue)
+        self.hub: EventHub = (
+            ClusterHub(
+                settings.node_id, replay=settings.replay_buffer, queue_size=settings.socket_queue
+            )
+            if settings.redis_url  # cluster mode: events go through the Redis bus
+            else EventHub(replay=settings.replay_buffer, queue_size=settings.socket_queue)
+        )
         self.signer = TokenSigner(settings.secret_key, settings.token_ttl)
         self.agents = AgentService(self.sessions, self.signer, settings.max_text_conversations)
         self.customers = CustomerService(self.sessions, self.history, settings.default_region)

@@ -187,7 +187,8 @@ def pbx_links_ctx() -> CleanupCtx:
         services = app[SERVICES]
         links = app[PBX_LINKS]
         try:
-            for server in services.settings.ami:
+            # Cluster mode (Redis): the node holding the lease runs each link (cti.cluster).
+            for server in () if services.settings.redis_url else services.settings.ami:
                 url = ami_url(server.host, server.port, server.username, server.secret)
                 await links.add(services, server.name, url)
             yield

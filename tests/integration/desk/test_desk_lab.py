@@ -1,0 +1,177 @@
+"""The desk in real Chromium driving the lab Asterisk through the whole server.
+
+A SIPp caller from a known customer pops the card while agent1's pjsua2 phone
+rings; the desk hangs the call up in Asterisk and wraps it up; click-to-dial
+from the card rings agent1's phone; a pause made in the desk shows in
+Asterisk's QueueStatus, and a pause made over AMI shows in the desk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from cti.config import AmiServer, Settings
+from cti.customers import ContactInput
+from cti.desk_api import seed_desk
+from cti.keys import SERVICES
+from cti.lab import LabPbx
+from cti.links.pbx import PBX_LINKS
+from cti.serve import build_app
+from cti.services import Services
+from pbx import actions as act
+from pbx.actions import PbxError
+from pbx.link import AmiLink
+from tests.integration.desk.conftest import PASSWORD, Desk
+from tests.peers.browser import DeskBrowser
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+TIMEOUT = 40.0
+NUMBER = "+79161234567"
+NAME = "Иван Петров"
+AGENT = "PJSIP/agent1"
+
+
+@dataclass
+class LabDesk(Desk):
+    link: AmiLink
+
+    def member(self, queue: str = "support") -> Any:
+        q = self.link.queue(queue)
+        return next((m for m in q.members if m.interface == AGENT), None) if q else None
+
+
+async def until(what: str, check: Callable[[], bool], within: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {within:g} s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def queue_status(link: AmiLink, interface: str) -> tuple[str | None, str | None]:
+    """(Paused, PausedReason) from a fresh AMI QueueStatus, not the tracker's view."""
+    action: act.Action = {"Action": "QueueStatus", "Queue": "support", "Member": interface}
+    members = [
+        m for m in await link._list(action, 10.0)  # the list-action reader
+        if m.event == "QueueMember" and m.get("Location", m.get("Interface")) == interface
+    ]
+    assert len(members) == 1, members
+    return members[0].get("Paused"), members[0].get("PausedReason")
+
+
+@pytest.fixture
+async def lab_desk(tmp_path: Path, lab_pbx: LabPbx) -> AsyncIterator[LabDesk]:
+    settings = Settings(
+        db_url=f"sqlite+aiosqlite:///{tmp_path / 'desk.sqlite3'}",
+        data_dir=tmp_path,
+        secret_key="desk-lab-secret",
+        history_flush_interval=0.01,
+        ami=(AmiServer("lab", lab_pbx.host, lab_pbx.ami_port, lab_pbx.ami_user,
+                       lab_pbx.ami_secret),),
+    )
+    app = build_app(settings)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    services: Services = app[SERVICES]
+    link = app[PBX_LINKS]["lab"]
+    try:
+        await services.agents.create("agent1", PASSWORD, name="Agent 1", endpoint=AGENT,
+                                     queues=["support"])
+        await seed_desk(services)
+        await link.wait_up(TIMEOUT)
+        await link.queue_pause(AGENT, False, "support")  # whatever an earlier test left
+        yield LabDesk(str(server.make_url("")).rstrip("/"), services, link)
+    finally:
+        with contextlib.suppress(PbxError):
+            await link.queue_pause(AGENT, False, "support")
+        await server.close()
+
+
+async def test_call_pop_hangup_wrapup_dial_and_pause_sync(
+    lab_desk: LabDesk, desk_browser: DeskBrowser, phone_factory: Any, sipp_caller: Any
+) -> None:
+    desk = lab_desk
+    customer = await desk.services.customers.create(
+        NAME, [ContactInput("phone", "8 916 123-45-67")]
+    )
+    page = await desk_browser.new_page()
+    await desk.login(page, "agent1")
+    await page.wait_for_function("() => document.body.dataset.status === 'available'")
+    phone = await phone_factory("agent1")
+    await until("agent1 free in the support queue", lambda: (m := desk.member()) is not None
+                and m.device_state == "NOT_INUSE" and not m.paused)
+
+    # The pop comes while the phone only rings.
+    caller = sipp_caller(number="100", caller_number=NUMBER, caller_name="IVAN", hangup_after=60)
+    await page.wait_for_function(
+        "(n) => document.getElementById('card-name')?.textContent === n", arg=NAME
+    )
+    assert phone.state in ("idle", "ringing"), phone.state
+    assert await page.is_visible("#call-bar")
+    await phone.wait_for_incoming(20)
+    await phone.answer()
+    await phone.wait_state("connected", 15)
+    await page.wait_for_function(
+        "() => document.getElementById('call-state')?.textContent === 'answered'"
+    )
+    await desk_browser.screenshot(page, "desk-call")
+
+    # Hang up from the desk: the call ends in Asterisk, the desk goes to wrap-up.
+    await page.click("#call-hangup")
+    await phone.wait_state("disconnected", 15)
+    await until("the call gone from Asterisk", lambda: not desk.link.calls())
+    result = await caller.wait_async(30)
+    assert result.successful_calls == 1, result
+    await page.wait_for_selector("#call-wrapup:not([hidden])")
+    assert await page.get_attribute("body", "data-status") == "wrapup"
+    await page.select_option("#call-wrapup-code", "resolved")
+    await page.click("#call-wrapup-done")
+    await page.wait_for_function("() => document.body.dataset.status === 'available'")
+    conv_id = int(await page.get_attribute("#call-wrapup", "data-conversation") or "0")
+    closed = await desk.services.conversations.get(conv_id)
+    assert closed.status == "closed" and closed.wrap_up_code == "resolved"
+    assert closed.customer_id == customer.id
+
+    # Click-to-dial from the card rings agent1's phone first.
+    await until("agent1 free again", lambda: (m := desk.member()) is not None
+                and m.device_state == "NOT_INUSE")
+    await page.click(f"#card button.dial[data-number='{NUMBER}']")
+    await phone.wait_for_incoming(20)
+    assert "Calling" in (await page.text_content("#notice") or "")
+    await phone.answer()
+    await page.wait_for_function(
+        "() => /Dialling|failed/.test(document.getElementById('notice').textContent)"
+    )
+    with contextlib.suppress(Exception):
+        await phone.hangup()
+    await until("the dialled call gone", lambda: not desk.link.calls())
+
+    # Pause in the desk -> Asterisk's QueueStatus shows the member paused with the reason.
+    await page.select_option("#status-select", "paused")
+    await page.wait_for_function("() => document.body.dataset.status === 'paused:break'")
+    assert await queue_status(desk.link, AGENT) == ("1", "break")
+    await page.select_option("#pause-reason", "lunch")  # a new reason is sent at once
+    await page.wait_for_function("() => document.body.dataset.status === 'paused:lunch'")
+    assert await queue_status(desk.link, AGENT) == ("1", "lunch")
+    await page.select_option("#status-select", "available")
+    await page.wait_for_function("() => document.body.dataset.status === 'available'")
+    assert (await queue_status(desk.link, AGENT))[0] == "0"
+
+    # Pause over AMI (as the phone's feature code or another tool would) -> the desk shows it.
+    await desk.link.queue_pause(AGENT, True, "support", "обед")
+    await page.wait_for_function("() => document.body.dataset.status === 'paused:обед'")
+    assert "обед" in (await page.text_content("#status-note") or "")
+    assert await page.input_value("#status-select") == "paused"
+    await desk.link.queue_pause(AGENT, False, "support")
+    await page.wait_for_function("() => document.body.dataset.status === 'available'")
+    assert desk_browser.dialogs == []

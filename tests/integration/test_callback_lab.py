@@ -217,3 +217,71 @@ async def test_customer_who_does_not_answer_is_retried_then_failed(
     assert not await lab.history("callback_connected")
     await asyncio.sleep(RETRY_DELAY + 1)  # failed is final: nobody is called again
     assert agent1.state in ("idle", "disconnected")
+
+
+async def test_agent_who_does_not_answer_passes_the_callback_to_another_agent(
+    lab: Lab, lab_pbx: LabPbx, phone_factory: Any
+) -> None:
+    customer = await phone_factory.customer(lab_pbx.carrier_port)
+    agent1 = await phone_factory("agent1")
+    agent2 = await phone_factory("agent2")
+    try:
+        await lab.link.queue_pause("PJSIP/agent2", True, "support", "test setup")
+        await until("both agents registered", lambda: all(
+            (m := lab.member(f"PJSIP/{a}")) is not None and m.device_state == "NOT_INUSE"
+            for a in ("agent1", "agent2")))
+        booking_id = await book(lab, "cb-lab-3")
+        await make_free(lab)
+        await agent1.wait_for_incoming(T)
+        await lab.link.queue_pause("PJSIP/agent2", False, "support")
+        await agent1.hangup()  # agent1 declines: not an attempt against the customer
+        await agent2.wait_for_incoming(T)
+        assert customer.state == "idle"
+        row = await lab.booking(booking_id)
+        assert (row.status, row.agent_interface, row.attempts) == ("calling", "PJSIP/agent2", 0)
+        await agent2.answer()
+        await customer.wait_for_incoming(T)
+        await customer.answer()
+        await lab.wait_status(booking_id, "connected")
+        await agent2.hangup()
+        await lab.wait_status(booking_id, "done")
+        results = [(e.payload["result"], e.payload["counted"])
+                   for e in await lab.history("callback_attempt")]
+        assert sorted(results) == [("agent_no_answer", False), ("connected", True)]
+    finally:
+        with contextlib.suppress(PbxError):
+            await lab.link.queue_pause("PJSIP/agent2", False, "support")
+
+
+async def test_a_restarted_service_follows_the_live_call_and_never_dials_twice(
+    lab: Lab, lab_pbx: LabPbx, phone_factory: Any
+) -> None:
+    customer = await phone_factory.customer(lab_pbx.carrier_port)
+    agent1 = await phone_factory("agent1")
+    await until("agent1 registered", lambda: (m := lab.member("PJSIP/agent1")) is not None
+                and m.device_state == "NOT_INUSE")
+    booking_id = await book(lab, "cb-lab-4")
+    await make_free(lab)
+    await agent1.wait_for_incoming(T)
+    await agent1.answer()
+    await customer.wait_for_incoming(T)
+    await lab.callbacks.stop()  # the server dies while the customer's phone rings
+    calls = lab.services.calls
+    calls.listeners.remove(lab.callbacks.on_change)
+    assert (await lab.booking(booking_id)).status == "calling"
+    links = lab.app[PBX_LINKS]
+    again = CallbackService(lab.services, lambda: dict(links.links), attempts=2,
+                            retry_delay=RETRY_DELAY, tick=0.5, follow_check=1.0)
+    calls.listeners.append(again.on_change)
+    await again.start()
+    try:
+        await customer.answer()
+        await lab.wait_status(booking_id, "connected")
+        await customer.hangup()
+        await lab.wait_status(booking_id, "done")
+        assert len(await lab.history("callback_connected")) == 1
+        await asyncio.sleep(2.0)
+        assert agent1.state in ("idle", "disconnected")  # nobody dialled a second time
+    finally:
+        await again.stop()
+        calls.listeners.remove(again.on_change)

@@ -371,8 +371,10 @@ function isNewEvent(e) {
 function eventSummary(e) {
   const p = e.payload || {};
   if (typeof p.text === "string") return p.text;
-  const keys = ["queue", "agent", "wait", "ring", "talk", "hold", "status", "wrap_up_code", "to_agent", "to_queue", "reason"];
-  return keys.filter((k) => p[k] !== undefined && p[k] !== null).map((k) => `${k}: ${p[k]}`).join(", ");
+  const keys = ["queue", "agent", "wait", "ring", "talk", "hold", "status", "wrap_up_code", "to_agent", "to_queue", "reason", "tags"];
+  const fmt = (k) => (typeof p[k] === "number" && ["wait", "ring", "talk", "hold"].includes(k)
+    ? `${p[k].toFixed(1)} s` : Array.isArray(p[k]) ? p[k].join(", ") : p[k]);
+  return keys.filter((k) => p[k] !== undefined && p[k] !== null).map((k) => `${k}: ${fmt(k)}`).join(", ");
 }
 
 function timelineItem(e) {

@@ -273,6 +273,16 @@ def voice_facts(period: Period, options: ReportOptions) -> Any:
             linked.c.linked_to_id == conv.c.id, linked.c.external_ref.like("%:deflected:%")
         ),
     )
+    callback_leg = conv.alias("callback_leg")
+    connected = h.alias("connected")
+    called_back = or_(
+        p.called_back == 1,
+        exists().where(
+            callback_leg.c.linked_to_id == conv.c.id,
+            connected.c.conversation_id == callback_leg.c.id,
+            connected.c.kind == K.CALLBACK_CONNECTED,
+        ),
+    )
     answered = p.answered == 1
     wrap = case(
         (
@@ -298,7 +308,7 @@ def voice_facts(period: Period, options: ReportOptions) -> Any:
             case((abandoned, func.coalesce(p.abandon_wait, 0.0)), else_=0.0).label("abandon_wait"),
             is_deflected.label("deflected"),
             is_booked.label("callback_requested"),
-            case((and_(p.called_back == 1, ~answered), 1), else_=0).label("called_back"),
+            case((and_(called_back, ~answered), 1), else_=0).label("called_back"),
             case((answered, func.coalesce(p.answer_wait, 0.0)), else_=0.0).label("answer_wait"),
             case(
                 (and_(answered, func.coalesce(p.answer_wait, 0.0) <= _sl_threshold(options)), 1),
@@ -314,6 +324,7 @@ def voice_facts(period: Period, options: ReportOptions) -> Any:
         .outerjoin(agents, agents.c.id == conv.c.owner_id)
         .where(
             conv.c.channel == "voice",
+            conv.c.linked_to_id.is_(None),  # a callback's outbound leg is not an inbound call
             conv.c.queued_at >= period.start,
             conv.c.queued_at < period.end,
         )

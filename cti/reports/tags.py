@@ -1,11 +1,12 @@
 """Tag marking by agents, and the tags report (agent marking vs automatic classifier).
 
-An agent marks a conversation (usually on close) with tags, e.g. a promotion's
-name, and the customer's sentiment about it. Each tag becomes one ``marked``
-history event; a later marking of the same tag replaces the earlier one in the
-report. The automatic column classifies everything the customer wrote in the
-conversation (cti/reports/sentiment.py); a voice call has no text and counts
-as "no_text".
+A conversation's tags are its ``tags`` column (set by the desk, or by the
+marking here). An agent marks a conversation (usually on close) with tags,
+e.g. a promotion's name, and the customer's sentiment about it: each tag
+becomes one ``marked`` history event and joins the conversation's tags; a later
+marking of the same tag replaces the earlier one in the report. The automatic
+column classifies everything the customer wrote in the conversation
+(cti/reports/sentiment.py); a voice call has no text and counts as "no_text".
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import String, and_, cast, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from cti.auth import Principal, Role
@@ -105,33 +106,35 @@ async def tags_report(engine: AsyncEngine, period: Period, options: ReportOption
         .group_by(h.c.conversation_id, h.c.payload["tag"].as_string())
         .subquery("latest")
     )
-    marks_q = (
+    in_period = and_(conv.c.queued_at >= period.start, conv.c.queued_at < period.end)
+    tagged_q = (
         select(
-            h.c.conversation_id,
-            h.c.payload["tag"].as_string(),
-            h.c.payload["sentiment"].as_string(),
+            conv.c.id,
+            conv.c.tags,
             conv.c.channel,
             conv.c.queue,
             agents.c.login,
             conv.c.queued_at,
         )
+        .outerjoin(agents, agents.c.id == conv.c.owner_id)
+        .where(in_period, cast(conv.c.tags, String) != "[]")
+        .order_by(conv.c.id)
+    )
+    marks_q = (
+        select(
+            h.c.conversation_id,
+            h.c.payload["tag"].as_string(),
+            h.c.payload["sentiment"].as_string(),
+        )
         .join(latest, latest.c.id == h.c.id)
         .join(conv, conv.c.id == h.c.conversation_id)
-        .outerjoin(agents, agents.c.id == conv.c.owner_id)
-        .where(conv.c.queued_at >= period.start, conv.c.queued_at < period.end)
-        .order_by(h.c.conversation_id)
+        .where(in_period)
     )
     marked_convs = (
-        select(h.c.conversation_id)
-        .join(conv, conv.c.id == h.c.conversation_id)
-        .where(
-            h.c.kind == K.MARKED,
-            conv.c.queued_at >= period.start,
-            conv.c.queued_at < period.end,
-        )
-        .distinct()
+        select(conv.c.id.label("conversation_id"))
+        .where(in_period, cast(conv.c.tags, String) != "[]")
         .limit(MAX_CLASSIFIED)
-        .subquery("marked_convs")
+        .subquery("tagged_convs")
     )
     texts_q = (
         select(h.c.conversation_id, h.c.payload["text"].as_string())
@@ -140,6 +143,7 @@ async def tags_report(engine: AsyncEngine, period: Period, options: ReportOption
         .order_by(h.c.conversation_id, h.c.occurred_at, h.c.id)
     )
     async with engine.connect() as db:
+        tagged = (await db.execute(tagged_q)).all()
         marks = (await db.execute(marks_q)).all()
         texts = (await db.execute(texts_q)).all()
     written: dict[int, list[str]] = defaultdict(list)
@@ -149,12 +153,15 @@ async def tags_report(engine: AsyncEngine, period: Period, options: ReportOption
     auto = {cid: classify("\n".join(parts)).label for cid, parts in written.items()}
     group = period.group_by if period.group_by not in (None, "tag") else None
     counts: dict[tuple[str, str], dict[str, int]] = {}
-    for cid, tag, sentiment, channel, queue, login, queued_at in marks:
-        key = (tag or NONE_LABEL, _group_label(group, channel, queue, login, queued_at, period))
-        row = counts.setdefault(key, dict.fromkeys(COUNT_COLUMNS, 0))
-        row["conversations"] += 1
-        row[f"agent_{sentiment}" if sentiment in K.SENTIMENTS else "agent_unmarked"] += 1
-        row[f"auto_{auto[cid]}" if cid in auto else "auto_no_text"] += 1
+    sentiment_of = {(cid, tag): sentiment for cid, tag, sentiment in marks}
+    for cid, tags, channel, queue, login, queued_at in tagged:
+        label = _group_label(group, channel, queue, login, queued_at, period)
+        for tag in sorted(set(tags or [])):
+            row = counts.setdefault((tag, label), dict.fromkeys(COUNT_COLUMNS, 0))
+            row["conversations"] += 1
+            sentiment = sentiment_of.get((cid, tag))
+            row[f"agent_{sentiment}" if sentiment in K.SENTIMENTS else "agent_unmarked"] += 1
+            row[f"auto_{auto[cid]}" if cid in auto else "auto_no_text"] += 1
     columns = ("tag", *((group,) if group else ()), *COUNT_COLUMNS)
     rows = [
         {"tag": tag, **({group: label} if group else {}), **values}

@@ -24,7 +24,14 @@ from aiohttp import web
 from cti.keys import SERVICES
 from cti.links.pbx import PBX_LINKS
 from cti.services import Services
-from pbx.changes import Change, QueueMemberChanged
+from pbx.changes import (
+    CallAnswered,
+    CallEnded,
+    CallOffered,
+    CallTransferred,
+    Change,
+    QueueMemberChanged,
+)
 from pbx.link import AmiLink
 
 MAX_TRACKED = 10_000
@@ -104,6 +111,59 @@ class Presence:
         self.published += 1
 
 
+class TransferFollower:
+    """The customer card follows a transferred call to the agent who takes it.
+
+    A transfer to a queue pops the card before the new agent answers (the
+    queue offers the call: CallOffered, handled by ``cti.calls``). A blind or
+    attended transfer straight to a colleague's extension is a plain Dial,
+    which the tracker reports only once answered: this pops the card to that
+    agent at CallAnswered, unless that agent already had a pop for the call.
+    """
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self._transferred: dict[str, set[str]] = {}  # call_id -> interfaces that had a pop
+
+    async def on_change(self, change: Change) -> None:
+        match change:
+            case CallOffered() if change.call_id in self._transferred:
+                self._transferred[change.call_id].add(change.agent_interface)
+            case CallTransferred():
+                if len(self._transferred) >= MAX_TRACKED:
+                    self._transferred.clear()
+                popped = {change.agent_interface} if change.agent_interface else set()
+                self._transferred.setdefault(change.call_id, set()).update(popped)
+                if change.kind == "attended" and change.target:
+                    # The tracker reconnects the call to the target with no CallAnswered.
+                    await self._follow(change.call_id, change.pbx, change.target, None)
+            case CallAnswered() if change.call_id in self._transferred:
+                await self._follow(change.call_id, change.pbx, change.agent_interface, change.queue)
+            case CallEnded():
+                self._transferred.pop(change.call_id, None)
+            case _:
+                pass
+
+    async def _follow(self, call_id: str, pbx: str, interface: str, queue: str | None) -> None:
+        popped = self._transferred[call_id]
+        if not interface or interface in popped:
+            return
+        popped.add(interface)
+        agent = await self._services.agents.by_endpoint(interface)
+        conv = await self._services.conversations.by_ref(call_id)
+        if agent is None or conv is None:
+            return
+        interaction = {
+            "call_id": call_id,
+            "pbx": pbx,
+            "queue": queue,
+            "caller": conv.contact,
+            "transferred": True,
+            "answered": True,
+        }
+        await self._services.screen_pop.pop(agent, conv, interaction)
+
+
 PRESENCE: web.AppKey[Presence] = web.AppKey("presence", Presence)
 
 
@@ -114,5 +174,6 @@ def setup_presence(app: web.Application) -> Presence:
         return existing
     presence = Presence(app, app[SERVICES])
     app[SERVICES].calls.listeners.append(presence.on_change)
+    app[SERVICES].calls.listeners.append(TransferFollower(app[SERVICES]).on_change)
     app[PRESENCE] = presence
     return presence

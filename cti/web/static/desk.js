@@ -239,9 +239,11 @@ function showPop(msg) {
   pop.lastMerge = null;
   pop.voiceConvId = msg.channel === "voice" && msg.conversation ? msg.conversation.id : pop.voiceConvId;
   $("call-bar").hidden = msg.channel !== "voice" || !pop.callId;
-  const state = el("span", { id: "call-state", class: "muted" }, msg.channel === "voice" ? "ringing" : "");
+  const voiceState = inter.answered ? "answered" : "ringing";
+  const state = el("span", { id: "call-state", class: "muted" }, msg.channel === "voice" ? voiceState : "");
+  const voiceTitle = inter.transferred ? "Transferred call" : "Incoming call";
   $("interaction").replaceChildren(
-    el("strong", {}, `${msg.channel === "voice" ? "Incoming call" : msg.opened
+    el("strong", {}, `${msg.channel === "voice" ? voiceTitle : msg.opened
       ? `Conversation #${msg.conversation.id}` : `New ${msg.channel}`} `), state,
     dl([
       ["Channel", msg.channel],
@@ -705,6 +707,7 @@ async function loadStatus() {
     applyStatus(await api("GET", "/agents/me/status"));
   } catch (err) {
     $("status-note").textContent = err.code === "conflict" ? "no phone endpoint" : err.message;
+    $("status-select").disabled = err.code === "conflict";
   }
 }
 
@@ -797,6 +800,11 @@ async function transferCall(ev) {
       { target });
     notice(attended ? `Consulting ${target}: hang up to complete the transfer`
       : `Call transferred to ${target}`);
+    if (!attended) {
+      $("call-bar").hidden = true;
+      const state = $("call-state");
+      if (state) state.textContent = `transferred to ${target}`;
+    }
     $("xfer-target").value = "";
   } catch (err) {
     notice(`Transfer failed: ${err.message}`);

@@ -87,6 +87,8 @@ async def lab_desk(tmp_path: Path, lab_pbx: LabPbx) -> AsyncIterator[LabDesk]:
     try:
         await services.agents.create("agent1", PASSWORD, name="Agent 1", endpoint=AGENT,
                                      queues=["support"])
+        await services.agents.create("agent2", PASSWORD, name="Agent 2",
+                                     endpoint="PJSIP/agent2", queues=["support"])
         await seed_desk(services)
         await link.wait_up(TIMEOUT)
         await link.queue_pause(AGENT, False, "support")  # whatever an earlier test left
@@ -175,3 +177,56 @@ async def test_call_pop_hangup_wrapup_dial_and_pause_sync(
     await desk.link.queue_pause(AGENT, False, "support")
     await page.wait_for_function("() => document.body.dataset.status === 'available'")
     assert desk_browser.dialogs == []
+
+
+async def test_blind_transfer_to_a_colleague_takes_the_card_along(
+    lab_desk: LabDesk, desk_browser: DeskBrowser, phone_factory: Any, sipp_caller: Any,
+    lab_pbx: LabPbx,
+) -> None:
+    desk = lab_desk
+    await desk.services.customers.create(NAME, [ContactInput("phone", NUMBER)])
+    page1 = await desk_browser.new_page()
+    await desk.login(page1, "agent1")
+    page2 = await desk_browser.new_page()
+    await desk.login(page2, "agent2")
+    # agent2 is paused in the queue: only agent1 gets the queue call.
+    await desk.link.queue_pause("PJSIP/agent2", True, "support", "transfer test")
+    try:
+        phone1 = await phone_factory("agent1")
+        phone2 = await phone_factory("agent2")
+        await until("agent1 free in the support queue", lambda: (m := desk.member()) is not None
+                    and m.device_state == "NOT_INUSE" and not m.paused)
+        caller = sipp_caller(number="100", caller_number=NUMBER, caller_name="IVAN",
+                             hangup_after=60)
+        await phone1.wait_for_incoming(20)
+        await phone1.answer()
+        await page1.wait_for_function(
+            "() => document.getElementById('call-state')?.textContent === 'answered'"
+        )
+        assert await page2.is_visible("#pop-empty")
+
+        await page1.fill("#xfer-target", lab_pbx.agent_exten("agent2"))
+        await page1.click("#xfer-blind")
+        await phone1.wait_state("disconnected", 15)
+        await phone2.wait_for_incoming(20)
+        await phone2.answer()
+        await phone2.wait_state("connected", 15)
+        # The card follows the call to agent2's desk.
+        await page2.wait_for_function(
+            "(n) => document.getElementById('card-name')?.textContent === n", arg=NAME
+        )
+        assert "Transferred call" in (await page2.text_content("#interaction") or "")
+        assert await page2.text_content("#call-state") == "answered"
+        assert "transferred" in (await page1.text_content("#call-state") or "")
+        await desk_browser.screenshot(page2, "desk-transferred-call")
+
+        # agent2 hangs up from the desk and wraps up.
+        await page2.click("#call-hangup")
+        await phone2.wait_state("disconnected", 15)
+        await caller.wait_async(30)
+        await page2.wait_for_selector("#call-wrapup:not([hidden])")
+        await page2.click("#call-wrapup-done")
+        await page2.wait_for_function("() => document.body.dataset.status !== 'wrapup'")
+    finally:
+        with contextlib.suppress(PbxError):
+            await desk.link.queue_pause("PJSIP/agent2", False, "support")

@@ -29,6 +29,7 @@ log = logging.getLogger("cti.softphone.cli")
 T = TypeVar("T")
 
 PASSWORD_ENV = "CTI_PHONE_PASSWORD"
+DESK_PASSWORD_ENV = "CTI_DESK_PASSWORD"
 MAX_NOTIFY_CHARS = 200
 
 
@@ -76,6 +77,20 @@ class DesktopNotifier:
     async def state_changed(self, state: str) -> None:
         print(f"Call state: {state}", flush=True)
 
+    async def notify(self, title: str, body: str) -> None:
+        """A notification from the CTI link (the customer's name from the screen pop)."""
+        line = f"{_printable(title)}: {_printable(body)}"
+        print(line, flush=True)
+        if self._notify_send is not None:
+            proc = await asyncio.create_subprocess_exec(
+                self._notify_send, "--app-name=cti phone", _printable(title),
+                html.escape(_printable(body)),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await proc.wait()
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", required=True, metavar="HOST:PORT",
@@ -90,6 +105,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local-port", type=int, default=0, help="local SIP port (0: any)")
     parser.add_argument("--no-notify-send", action="store_true",
                         help="print notifications on stdout only")
+    parser.add_argument("--cti", default=None, metavar="URL",
+                        help="link to the CTI server (http://host:port): the desk drives the "
+                             "phone and screen pops raise notifications")
+    parser.add_argument("--login", default=None, help="CTI login (default: --user)")
+    parser.add_argument("--cti-password", default=None,
+                        help=f"CTI password (prefer {DESK_PASSWORD_ENV}; default: the SIP one)")
     parser.add_argument("--exit-after-calls", type=int, default=0, metavar="N",
                         help=argparse.SUPPRESS)
 
@@ -144,6 +165,23 @@ async def _serve(args: argparse.Namespace, password: str, sinks: list[PhoneEvent
         await shutdown_engine()
         return 2
     print(f"Registered {args.user} at {host}:{port} (SIP port {phone.local_port})", flush=True)
+    link = None
+    if args.cti:
+        import aiohttp
+
+        from cti.softphone.link import DeskLink
+
+        notifier = next((s for s in sinks if isinstance(s, DesktopNotifier)), DesktopNotifier())
+        cti_password = (args.cti_password or os.environ.get(DESK_PASSWORD_ENV) or password)
+        link = DeskLink(args.cti, args.login or args.user, cti_password, phone, notifier)
+        try:
+            await link.start()
+        except (OSError, aiohttp.ClientError, ValueError) as exc:
+            print(f"cti phone: CTI link: {exc}", file=sys.stderr, flush=True)
+            await phone.close()
+            await shutdown_engine()
+            return 2
+        print(f"Linked to the CTI server {args.cti} as {link.login}", flush=True)
     handled = 0
     day = 86_400.0
     try:
@@ -169,6 +207,8 @@ async def _serve(args: argparse.Namespace, password: str, sinks: list[PhoneEvent
             if args.exit_after_calls and handled >= args.exit_after_calls:
                 break
     finally:
+        if link is not None:
+            await link.close()
         await phone.close()
         await shutdown_engine()
     return 0

@@ -498,6 +498,7 @@ class SoftPhone:
         self._last_reason = ""
         self._dtmf: list[str] = []
         self._offers: asyncio.Queue[IncomingCall] = asyncio.Queue()
+        self._offer: IncomingCall | None = None
         self._waiters: set[asyncio.Future[None]] = set()
         self._closed = False
 
@@ -572,6 +573,11 @@ class SoftPhone:
         return f"sip:{self.username}@{host}"
 
     @property
+    def offer(self) -> IncomingCall | None:
+        """The INVITE of the current (or last) incoming call, if any."""
+        return self._offer
+
+    @property
     def received_dtmf(self) -> str:
         """RFC 2833 digits received during the current (or last) call."""
         return "".join(self._dtmf)
@@ -642,6 +648,12 @@ class SoftPhone:
             return False
 
         await self._wait_until(reached, timeout, f"state {state!r}")
+
+    async def wait_change(self, seen: str, timeout: float = 10.0) -> str:  # noqa: ASYNC109 (public API)
+        """Wait until the state is not ``seen`` (or the phone closes); return the state."""
+        await self._wait_until(lambda: self._state != seen or self._closed, timeout,
+                               f"a state other than {seen!r}")
+        return self._state
 
     async def wait_dtmf(self, n: int, timeout: float = 10.0) -> str:  # noqa: ASYNC109 (public API)
         """Wait until at least ``n`` digits were received in this call; return them all."""
@@ -780,6 +792,7 @@ class SoftPhone:
 
     def _ev_incoming(self, serial: int, offer: IncomingCall) -> None:
         self._new_call(serial, "ringing")
+        self._offer = offer
         self._offers.put_nowait(offer)
         self._notify()
 

@@ -18,8 +18,11 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from cti.config import BootstrapAdmin, Settings
+from cti.config import AmiServer, BootstrapAdmin, Settings
+from cti.keys import SERVICES
+from cti.links.pbx import PBX_LINKS
 from cti.serve import build_app
+from cti.softphone.link import DeskLink, RecordingNotifier
 
 ADMIN = ("admin", "admin-password")
 PASSWORD = "agent1-password"
@@ -115,3 +118,154 @@ async def test_phone_commands_reach_the_linked_softphone_only(
     assert resp.status == 409
     await desk.close()
     await stranger.close()
+
+
+async def test_link_renews_token_resumes_by_seq_and_reports_failed_commands(
+    tmp_path: Path, customer_phone_factory: Any,
+) -> None:
+    settings = Settings(db_url=f"sqlite+aiosqlite:///{tmp_path / 'cti.sqlite3'}",
+                        data_dir=tmp_path, secret_key="test-secret", token_ttl=3.0,
+                        bootstrap_admin=BootstrapAdmin(*ADMIN), history_flush_interval=0.01)
+    client: TestClient[Any, Any] = TestClient(TestServer(build_app(settings), host="127.0.0.1"))
+    await client.start_server()
+    try:
+        admin = {"Authorization": f"Bearer {await _token(client, *ADMIN)}"}
+        resp = await client.post("/api/v1/agents", headers=admin,
+                                 json={"login": "agent1", "password": PASSWORD})
+        assert resp.status == 201, await resp.text()
+        agent_id = (await resp.json())["id"]
+        hub = client.server.app[SERVICES].hub
+        phone = await customer_phone_factory.customer(0, username="agent1")
+        notifier = RecordingNotifier()
+        url = str(client.make_url("")).rstrip("/")
+        async with DeskLink(url, "agent1", PASSWORD, phone, notifier,
+                            backoff=(0.1, 0.5)) as link:
+            await asyncio.wait_for(link.linked.wait(), TIMEOUT)
+            first_token = link.token
+            me = {"Authorization": f"Bearer {link.token}"}
+            # A failed command comes back to the desk as a phone_state with the error.
+            desk = await client.ws_connect("/api/v1/events", params={"token": link.token})
+            await frame(desk, "hello")
+            resp = await client.post("/api/v1/agents/me/phone", json={"action": "answer"},
+                                     headers=me)
+            assert resp.status == 202, await resp.text()
+            cid = (await resp.json())["id"]
+            report = await frame(desk, "phone_state")
+            while report.get("command_id") != cid:
+                report = await frame(desk, "phone_state")
+            assert "nothing to answer" in report["error"] and report["state"] == "idle"
+
+            # Dropped socket: events published meanwhile are replayed on resume.
+            await link.drop_socket()
+            hub.publish([agent_id], "screen_pop",
+                        {"channel": "voice", "customer": {"name": "Иван Петров"},
+                         "interaction": {"caller": "+79161234567"}})
+            shown = await notifier.wait_for("Иван Петров", TIMEOUT)
+            assert shown == ("Incoming call", "Иван Петров <+79161234567>")
+            assert link.connects >= 2
+
+            # The token (3 s) is renewed before it expires; the link stays usable.
+            deadline = time.monotonic() + TIMEOUT
+            while link.logins < 3:
+                assert time.monotonic() < deadline, "token not renewed"
+                await asyncio.sleep(0.1)
+            assert link.token != first_token
+            resp = await client.get("/api/v1/agents/me/phone",
+                                    headers={"Authorization": f"Bearer {link.token}"})
+            assert resp.status == 200 and (await resp.json())["softphones"] == 1
+            assert "password" not in repr(link).replace("password=<hidden>", "")
+            await desk.close()
+    finally:
+        await client.close()
+
+
+@pytest.mark.integration
+async def test_desk_drives_the_linked_softphone_on_the_lab_pbx(
+    tmp_path: Path, lab_pbx: Any, phone_factory: Any, sipp_caller: Any,
+) -> None:
+    settings = Settings(
+        db_url=f"sqlite+aiosqlite:///{tmp_path / 'cti.sqlite3'}", data_dir=tmp_path,
+        secret_key="test-secret", bootstrap_admin=BootstrapAdmin(*ADMIN),
+        history_flush_interval=0.01,
+        ami=(AmiServer("lab", lab_pbx.host, lab_pbx.ami_port, lab_pbx.ami_user,
+                       lab_pbx.ami_secret),),
+    )
+    app = build_app(settings)
+    client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    try:
+        admin = {"Authorization": f"Bearer {await _token(client, *ADMIN)}"}
+        resp = await client.post("/api/v1/agents", headers=admin, json={
+            "login": "agent1", "password": PASSWORD, "name": "Агент 1",
+            "endpoint": "PJSIP/agent1", "queues": ["support"]})
+        assert resp.status == 201, await resp.text()
+        resp = await client.post("/api/v1/customers", headers=admin, json={
+            "name": "Иван Петров", "phones": ["8 916 123-45-67"]})
+        assert resp.status == 201, await resp.text()
+
+        link_ami = app[PBX_LINKS]["lab"]
+        await link_ami.wait_up(TIMEOUT)
+        await link_ami.queue_pause("PJSIP/agent1", False, "support")
+        phone = await phone_factory("agent1")
+        notifier = RecordingNotifier()
+        url = str(client.make_url("")).rstrip("/")
+        async with DeskLink(url, "agent1", PASSWORD, phone, notifier) as link:
+            await asyncio.wait_for(link.linked.wait(), TIMEOUT)
+            token = link.token
+            me = {"Authorization": f"Bearer {token}"}
+            desk = await client.ws_connect("/api/v1/events", params={"token": token})
+            await frame(desk, "hello")
+
+            async def command(action: str, **extra: str) -> None:
+                resp = await client.post("/api/v1/agents/me/phone", headers=me,
+                                         json={"action": action, **extra})
+                assert resp.status == 202, await resp.text()
+                assert (await resp.json())["delivered"] == 1
+
+            async def desk_sees(state: str) -> dict[str, Any]:
+                while True:
+                    report = await frame(desk, "phone_state")
+                    assert "error" not in report, report
+                    if report["state"] == state:
+                        return report
+
+            deadline = time.monotonic() + TIMEOUT
+            while not any(m.interface == "PJSIP/agent1" and m.device_state == "NOT_INUSE"
+                          and not m.paused
+                          for m in (getattr(link_ami.queue("support"), "members", ()))):
+                assert time.monotonic() < deadline, "agent1 not free in the support queue"
+                await asyncio.sleep(0.1)
+
+            caller = sipp_caller(number="100", caller_number="+79161234567",
+                                 caller_name="Caller", hangup_after=40)
+            title, body = await notifier.wait_for("Иван Петров", TIMEOUT)
+            assert phone.state in ("idle", "ringing"), "notified before answering"
+            assert title == "Incoming call" and "+79161234567" in body
+            await phone.wait_state("ringing", TIMEOUT)
+            ringing = await desk_sees("ringing")
+            assert ringing["call"]["caller_number"].endswith("9161234567"), ringing
+
+            await command("answer")
+            await phone.wait_state("connected", 15)
+            await desk_sees("connected")
+            await command("hold")
+            await phone.wait_state("held", 15)
+            await desk_sees("held")
+            await command("unhold")
+            await phone.wait_state("connected", 15)
+            await command("dtmf", digits="159#")
+            deadline = time.monotonic() + TIMEOUT
+            while len(link.executed) < 4:
+                assert time.monotonic() < deadline, "the dtmf command did not run"
+                await asyncio.sleep(0.05)
+            await command("hangup")
+            await phone.wait_state("disconnected", 15)
+            await desk_sees("registered")
+            assert [(a, e) for _, a, e in link.executed] == [
+                ("answer", None), ("hold", None), ("unhold", None), ("dtmf", None),
+                ("hangup", None)]
+            result = await caller.wait_async(40)
+            assert result.successful_calls == 1, result
+            await desk.close()
+    finally:
+        await client.close()

@@ -24,17 +24,20 @@ from aiohttp.test_utils import TestClient, TestServer
 from cti.app import create_app
 from cti.auth import Role
 from cti.callbacks import CALLBACKS, CallbackService, setup_callbacks
-from cti.config import AmiServer, BootstrapAdmin, Settings
+from cti.config import AmiServer, BootstrapAdmin, HostPort, Settings
 from cti.customers import ContactInput
 from cti.history import timeline
 from cti.keys import SERVICES
 from cti.lab import LabPbx
+from cti.links.ivr import IVR_SERVER
 from cti.links.pbx import PBX_LINKS, setup_pbx_links
 from cti.models import CallbackBookingRow, HistoryEvent
+from cti.serve import build_app
 from cti.services import Services
 from ivr.ports import CallbackRequest
 from pbx.actions import PbxError
 from pbx.link import AmiLink, LinkSettings
+from tests.peers.sipp import Dtmf, Pause, SippFactory
 
 pytestmark = pytest.mark.integration
 
@@ -285,3 +288,142 @@ async def test_a_restarted_service_follows_the_live_call_and_never_dials_twice(
     finally:
         await again.stop()
         calls.listeners.remove(again.on_change)
+
+
+@pytest.fixture
+async def served(tmp_path: Path, lab_pbx: LabPbx) -> AsyncIterator[tuple[web.Application, AmiLink]]:
+    """The whole server (``cti serve``'s build_app): AMI link, FastAGI IVR, callbacks."""
+    settings = Settings(
+        db_url=f"sqlite+aiosqlite:///{tmp_path / 'served.sqlite3'}",
+        data_dir=tmp_path / "data",
+        secret_key="test-secret",
+        bootstrap_admin=BootstrapAdmin("admin", "admin-password"),
+        history_flush_interval=0.01,
+        ami=(AmiServer("lab", lab_pbx.host, lab_pbx.ami_port, lab_pbx.ami_user,
+                       lab_pbx.ami_secret),),
+        agi_listen=HostPort(lab_pbx.agi_host, lab_pbx.agi_port),
+    )
+    app = build_app(settings)
+    client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    link: AmiLink | None = None
+    try:
+        link = app[PBX_LINKS]["lab"]
+        await link.wait_up(T)
+        await until("the IVR server", lambda: IVR_SERVER in app and bool(app[IVR_SERVER]))
+        await link.queue_pause("PJSIP/agent1", True, "support", "test setup")
+        yield app, link
+    finally:
+        if link is not None:
+            with contextlib.suppress(PbxError):
+                await link.queue_pause("PJSIP/agent1", False, "support")
+        await client.close()
+
+
+async def press(link: AmiLink, channel: str, digit: str, done: Callable[[], bool]) -> None:
+    """RFC 2833-like press through AMI PlayDTMF (re-pressed if it fell between commands)."""
+    for _ in range(10):
+        await link.play_dtmf(channel, digit, receive=True)
+        with contextlib.suppress(AssertionError, pytest.fail.Exception):
+            await until(f"the effect of pressing {digit}", done, within=4.0)
+            return
+    pytest.fail(f"pressing {digit} on {channel} had no effect")
+
+
+async def test_caller_presses_2_in_the_queue_then_agent_first_then_customer(
+    served: tuple[web.Application, AmiLink], lab_pbx: LabPbx, phone_factory: Any,
+    sipp_caller: SippFactory,
+) -> None:
+    app, link = served
+    services = app[SERVICES]
+    callbacks = app[CALLBACKS]
+    agi = app[IVR_SERVER][0]
+    customer_row = await services.customers.create(NAME, [ContactInput("phone", NUMBER)])
+    agent = await services.agents.create("agent1", "agent1-password", name="Agent One",
+                                         endpoint="PJSIP/agent1", queues=["support"])
+    sub = services.hub.subscribe(agent.id, None)
+    customer = await phone_factory.customer(lab_pbx.carrier_port)
+    agent1 = await phone_factory("agent1")
+    await until("agent1 registered and paused", lambda: (m := _member(link, "PJSIP/agent1"))
+                is not None and m.device_state == "NOT_INUSE" and m.paused)
+
+    # English (1), support (3); then the caller waits in the queue (nobody free)
+    caller = sipp_caller(number="100", caller_number=NUMBER.lstrip("+"),
+                         caller_name="Ivan Petrov",
+                         steps=[Pause(1.5), Dtmf("1"), Pause(2.5), Dtmf("3")], hangup_after=120)
+    waiting: list[str] = []
+
+    def queued() -> bool:
+        q = link.queue("support")
+        waiting[:] = [w.channel for w in (q.waiting if q else ())
+                      if w.caller_number == NUMBER.lstrip("+")]
+        return bool(waiting)
+
+    await until("the caller waiting in support", queued, within=60)
+    channel = waiting[0]
+    await press(link, channel, "2", lambda: any(s.environment.script == "queue-exit"
+                                                for s in agi.sessions()))
+    await until("the number read back for confirmation", lambda: any(
+        s.environment.script == "queue-exit" and s.step == "callback_confirm"
+        and s.pending_command in ("SAY DIGITS", "STREAM FILE", "GET DATA")
+        for s in agi.sessions()))
+    booked: list[CallbackBookingRow] = []
+
+    async def refresh() -> None:
+        booked[:] = await callbacks.list_bookings()
+
+    async def pressed_confirm() -> None:
+        for _ in range(10):
+            await link.play_dtmf(channel, "1", receive=True)
+            deadline = time.monotonic() + 4.0
+            while time.monotonic() < deadline:
+                await refresh()
+                if booked:
+                    return
+                await asyncio.sleep(0.2)
+        pytest.fail("confirming the number with 1 booked no callback")
+
+    await pressed_confirm()
+    result = await caller.wait_async()  # the IVR thanked the caller and hung up
+    assert result.successful_calls == 1, result
+    (row,) = booked
+    assert (row.number, row.queue, row.status, row.customer_id) == (
+        NUMBER, "support", "waiting", customer_row.id)
+    assert row.conversation_id is not None  # linked to the voice call that booked
+    await asyncio.sleep(1.0)
+    assert agent1.state == "idle"  # agent1 is paused: not free yet
+
+    await link.queue_pause("PJSIP/agent1", False, "support")
+    offer = await agent1.wait_for_incoming(T)
+    assert customer.state == "idle"  # agent first
+    assert "Callback" in offer.caller_name
+    popped = pops(sub)
+    assert popped and popped[-1]["interaction"]["kind"] == "callback"
+    assert popped[-1]["conversation"]["linked_to_id"] == row.conversation_id
+    await agent1.answer()
+    incoming = await customer.wait_for_incoming(T)
+    assert incoming.called_number == NUMBER
+    await customer.answer()
+    await customer.wait_state("connected", T)
+    await agent1.wait_state("connected", T)
+
+    async def status_is(status: str) -> None:
+        deadline = time.monotonic() + T
+        while (await callbacks.get(row.id)).status != status:
+            if time.monotonic() > deadline:
+                pytest.fail(f"callback not {status} within {T:g} s")
+            await asyncio.sleep(0.2)
+
+    await status_is("connected")
+    await agent1.hangup()
+    await status_is("done")
+    await services.history.flush()
+    events, _ = await timeline(services.sessions, customer_row.id, limit=200)
+    kinds = [e.kind for e in events]
+    for kind in ("ivr_choice", "callback_booked", "callback_attempt", "callback_connected"):
+        assert kind in kinds, (kind, kinds)
+
+
+def _member(link: AmiLink, interface: str, queue: str = "support") -> Any:
+    q = link.queue(queue)
+    return next((m for m in q.members if m.interface == interface), None) if q else None

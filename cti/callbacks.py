@@ -390,12 +390,14 @@ class CallbackService:
                                                                                 "connected")))
                 .limit(MAX_PASS)
             )).all()
-        known = self._links()
+        # A PBX we know of (linked here, or configured: in cluster mode only the lease
+        # holder runs the links) whose link is not up here: look again later.
+        known = set(self._links()) | {s.name for s in self._services.settings.ami}
         for row in rows:
             if row.id in self._active:
                 continue
             if row.pbx in known and row.pbx not in links:
-                continue  # its link is down: look again once it is up and resynced
+                continue
             link = links.get(row.pbx or "")
             snap = link.call(row.dial_call_id) if link and row.dial_call_id else None
             if link is None or snap is None or row.dial_call_id is None:

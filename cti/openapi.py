@@ -188,6 +188,17 @@ OPENAPI: dict[str, Any] = {
                           error=STR),
             )
         },
+        "/api/v1/callbacks": {
+            "get": _op(
+                "Callback bookings in place-in-line order (supervisor)",
+                params=[_q("status"), _q("limit", INT)],
+            )
+        },
+        "/api/v1/callbacks/{id}": {
+            "get": _op("One callback booking (supervisor)", params=[ID_PARAM]),
+            "delete": _op("Cancel a waiting callback (supervisor; 409 when not open)",
+                          params=[ID_PARAM]),
+        },
         "/api/v1/health": {"get": _op("State of each link", auth=False)},
         "/api/v1/events": {
             "get": _op(

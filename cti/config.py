@@ -107,6 +107,8 @@ class Settings:
     chat_token_ttl: float = 24 * 3600.0
     callback_attempts: int = 3
     callback_retry_delay: float = 120.0
+    # First-reply target of an SMS conversation (wallboard SLA; chat is 60 s).
+    sms_first_reply_sla: float = 900.0
     # This node's name in a cluster (leases, bus, health); default hostname-pid.
     node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
@@ -258,6 +260,8 @@ def _from_file(path: Path) -> dict[str, Any]:
         values["public_url"] = parse_public_url(v, "server.public_url")
     if (n := _number(server, "chat_token_ttl", "server", 60, 30 * 86400)) is not None:
         values["chat_token_ttl"] = n
+    if (n := _number(server, "sms_first_reply_sla", "server", 1, 7 * 86400)) is not None:
+        values["sms_first_reply_sla"] = n
     callbacks = data.get("callbacks", {})
     if not isinstance(callbacks, dict):
         raise ConfigError("[callbacks] must be a table")
@@ -377,6 +381,14 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         values["secret_key"] = v
     if v := env.get("CTI_PUBLIC_URL"):
         values["public_url"] = parse_public_url(v)
+    if v := env.get("CTI_SMS_FIRST_REPLY_SLA"):
+        try:
+            sla = float(v)
+        except ValueError:
+            sla = -1.0
+        if not 1 <= sla <= 7 * 86400:
+            raise ConfigError("CTI_SMS_FIRST_REPLY_SLA: seconds, 1..604800")
+        values["sms_first_reply_sla"] = sla
     settings = Settings(**values)
     _check_gateways(settings)
     return settings

@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "lab": ("cti.lab", "start / stop / inspect the lab Asterisk PBX"),
     "phone": ("cti.softphone", "the agent softphone (pjsua2)"),
     "pbx": ("cti.pbxconf.cli", "render / check / diff / apply the PBX configuration"),
+    "reports": ("cti.reports.cli", "import Asterisk queue_log / CDR records into the history"),
 }
 
 

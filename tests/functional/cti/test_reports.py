@@ -32,7 +32,8 @@ from cti.reports.metrics import (
     text_report,
     voice_report,
 )
-from cti.reports.period import parse_period
+from cti.reports.importers import AsteriskImporter
+from cti.reports.period import parse_period, parse_tz
 from cti.reports.sentiment import classify
 from cti.reports.tags import Marking, tags_report
 from cti.services import Services
@@ -401,6 +402,93 @@ async def test_every_figure_of_a_known_scenario(services: Services) -> None:
     await services.calls.handle(CallAbandoned("lab", "lab:B", "sales", 1, 45, ts(645)))
     await services.history.flush()
     assert (await voice_report(services.engine, period(), OPTIONS)).totals == VOICE_TOTALS
+
+    # Asterisk's records: X answered and Y abandoned never reached the CTI; Z switched to
+    # SMS in the IVR; A is already recorded live; W is a direct (non-queue) call in the CDR.
+    t = ts(20000)
+    queue_log = [
+        f"{t:.0f}|A|sales|NONE|ENTERQUEUE||+79161110001|1",
+        f"{t + 12:.0f}|A|sales|PJSIP/agent1|CONNECT|12|A.2|2",
+        f"{t:.0f}|X|sales|NONE|ENTERQUEUE||+79161110009|1",
+        f"{t + 8:.0f}|X|sales|PJSIP/agent2|CONNECT|8|X.2|3",
+        f"{t + 68:.0f}|X|sales|PJSIP/agent2|COMPLETECALLER|8|60|1",
+        f"{t + 1:.0f}|Y|support|NONE|ENTERQUEUE||+79161110008|1",
+        f"{t + 61:.0f}|Y|support|NONE|ABANDON|1|1|60",
+        f"{t + 2:.0f}|Z|sales|NONE|ENTERQUEUE||+79161110007|2",
+        f"{t + 20:.0f}|Z|sales|NONE|EXITWITHKEY|1|2|18",
+        f"{t + 21:.0f}|Z|sales|NONE|DEFLECTED|77",
+        f"{t + 30:.0f}|Q|sales|NONE|CONNECT|5|Q.2|1",  # started before the file: unknown
+        f"{t:.0f}|NONE|NONE|NONE|QUEUESTART|",
+        "garbage line",
+    ]
+    importer = AsteriskImporter(services, "lab")
+    first = await importer.import_queue_log(queue_log)
+    assert first.json() == {
+        "lines": 13,
+        "records": 11,
+        "skipped": 3,
+        "calls_created": 3,
+        "events_new": 8,
+        "unknown_calls": 1,
+    }  # X: queued, answered, ended; Y: queued, abandoned, ended; Z: queued, deflected;
+    # skipped: the QUEUESTART line, the garbage line, EXITWITHKEY (DEFLECTED tells the outcome)
+    again = await importer.import_queue_log(queue_log)
+    assert (again.calls_created, again.events_new) == (0, 0)
+    cdr = [
+        [
+            "",
+            "+79161110006",
+            "200",
+            "internal",
+            '"W" <+79161110006>',
+            "PJSIP/trunk-00000001",
+            "PJSIP/agent1-00000002",
+            "Dial",
+            "PJSIP/agent1",
+            "2026-11-10 12:00:00",
+            "2026-11-10 12:00:05",
+            "2026-11-10 12:01:05",
+            "65",
+            "60",
+            "ANSWERED",
+            "DOCUMENTATION",
+            "W",
+        ],
+        [
+            "",
+            "+79161110009",
+            "100",
+            "queues",
+            "",
+            "PJSIP/trunk-00000003",
+            "",
+            "Queue",
+            "sales,t",
+            "2026-11-10 11:33:20",
+            "",
+            "2026-11-10 11:34:28",
+            "68",
+            "68",
+            "ANSWERED",
+            "DOCUMENTATION",
+            "X",
+        ],
+        ["too", "short"],
+    ]
+    cdr_stats = await importer.import_cdr(cdr, parse_tz("UTC"))
+    assert (cdr_stats.records, cdr_stats.skipped, cdr_stats.calls_created) == (2, 1, 1)
+    assert cdr_stats.events_new == 3  # W started + ended; X started (its end is known)
+    assert (await importer.import_cdr(cdr, parse_tz("UTC"))).events_new == 0
+    totals = (await voice_report(services.engine, period(), OPTIONS)).totals
+    assert {k: totals[k] for k in ("calls", "offered", "answered", "abandoned", "deflected")} == {
+        "calls": 9,
+        "offered": 8,
+        "answered": 3,
+        "abandoned": 2,
+        "deflected": 2,
+    }
+    assert totals["asa"] == round((12 + 30 + 8) / 3, 2)
+    assert totals["longest_wait"] == 60.0
 
 
 @pytest.fixture

@@ -198,7 +198,10 @@ function handleEvent(msg) {
       onAgentStatus(msg);
       break;
     case "phone_state":
-      if (msg.state) $("call-bar").dataset.phone = msg.state;
+      onPhoneState(msg);
+      break;
+    case "phone_link":
+      setSoftphones(msg.softphones);
       break;
     case "resync":
       refreshLists();
@@ -373,7 +376,7 @@ function isNewEvent(e) {
 function eventSummary(e) {
   const p = e.payload || {};
   if (typeof p.text === "string") return p.text;
-  const keys = ["queue", "agent", "wait", "ring", "talk", "hold", "status", "wrap_up_code", "to_agent", "to_queue", "reason", "tags"];
+  const keys = ["queue", "agent", "wait", "ring", "talk", "hold", "status", "wrap_up_code", "to_agent", "to_queue", "reason", "tags", "kind", "target"];
   const fmt = (k) => (typeof p[k] === "number" && ["wait", "ring", "talk", "hold"].includes(k)
     ? `${p[k].toFixed(1)} s` : Array.isArray(p[k]) ? p[k].join(", ") : p[k]);
   return keys.filter((k) => p[k] !== undefined && p[k] !== null).map((k) => `${k}: ${fmt(k)}`).join(", ");
@@ -686,8 +689,14 @@ function renderStatus() {
   const value = status.wrapup ? "wrapup" : status.paused ? "paused" : "available";
   $("status-select").value = value;
   $("pause-reason").hidden = value !== "paused";
-  if (status.paused && [...$("pause-reason").options].some((o) => o.value === status.reason)) {
-    $("pause-reason").value = status.reason;
+  const reasons = $("pause-reason");
+  for (const o of [...reasons.options]) if (o.dataset.extra) o.remove();
+  if (status.paused && status.reason) {
+    if (![...reasons.options].some((o) => o.value === status.reason)) {
+      // A reason given elsewhere (phone, CLI, another tool): shown as it is.
+      reasons.append(el("option", { value: status.reason, "data-extra": "1" }, status.reason));
+    }
+    reasons.value = status.reason;
   }
   $("status-note").textContent = value === "paused"
     ? `paused${status.reason ? `: ${reasonLabel(status.reason)}` : ""}`
@@ -777,6 +786,29 @@ async function phoneCommand(action, digits) {
     } else {
       notice(`Phone ${action} failed: ${err.message}`);
     }
+  }
+}
+
+function setSoftphones(n) {
+  $("softphone").textContent = n > 0 ? "softphone linked" : "no softphone";
+  document.body.dataset.softphones = String(n);
+}
+
+function onPhoneState(msg) {
+  if (msg.error) {
+    notice(`Phone: ${msg.error}`);
+    return;
+  }
+  if (!msg.state) return;
+  $("call-bar").dataset.phone = msg.state;
+  $("softphone").textContent = `softphone: ${msg.state}`;
+}
+
+async function loadSoftphones() {
+  try {
+    setSoftphones((await api("GET", "/agents/me/phone")).softphones);
+  } catch {
+    $("softphone").textContent = "";
   }
 }
 
@@ -1084,6 +1116,7 @@ async function startDesk() {
     document.body.dataset.role = me.role;
     loadStatus();
     loadReferenceData();
+    loadSoftphones();
   } catch (err) {
     if (!sessionStorage.getItem(KEY_TOKEN)) return;
     notice(err.message);

@@ -15,6 +15,14 @@ and wires it into the seams of ``cti.services.Services``:
   ``inbox.delivery_status`` (history ``delivery_status`` + the agent's socket);
 - health -> ``links.register(f"smpp:{name}", ...)``, replacing the placeholder.
 
+GSM modems (``[[modem]]`` in the config file) are gateways too: each runs as a
+``ModemGateway`` on the same outbox, with the same status / MO wiring, plus
+incoming calls (RING / +CLIP) recorded as missed calls on the caller's
+timeline, and health ``modem:<name>`` (SIM, signal, network registration).
+Routes come from ``[[sms_route]]``; with none, every gateway serves every
+number, SMPP links first, in the order configured, with failover to the next
+available one.
+
 The outbox key of a reply is ``c<conversation id>-<random>``: the conversation
 a receipt belongs to is read back from the key, with no extra lookup table.
 """
@@ -30,7 +38,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import select
 
-from cti.config import SmppLink
+from cti.config import ModemLink, SmppLink
 from cti.conversations import OutboundSender
 from cti.errors import InvalidInput
 from cti.history import HistoryEntry
@@ -43,12 +51,16 @@ from cti.sms_outbox import DatabaseOutbox
 from sms_gateway.encoding import EmptyMessageError, MessageTooLongError, SmsEncodingError
 from sms_gateway.esme import InvalidDestinationError, SmppClient, SmppConfig
 from sms_gateway.mo import IncomingSms
+from sms_gateway.modem.driver import GsmModem, ModemConfig
+from sms_gateway.modem.events import IncomingCall
+from sms_gateway.modem.gateway import ModemGateway
 from sms_gateway.outbox import FINAL_STATUSES, OutboundSms
 from sms_gateway.routing import NoRouteError, Route, SmsRouter
 
 log = logging.getLogger(__name__)
 
 SmppTuning = Callable[[SmppLink], SmppConfig]
+ModemTuning = Callable[[ModemLink], ModemConfig]
 CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 _KEY = re.compile(r"^c(\d{1,18})-[0-9a-f]{32}$")
 
@@ -66,6 +78,11 @@ def default_config(link: SmppLink) -> SmppConfig:
     )
 
 
+def default_modem_config(link: ModemLink) -> ModemConfig:
+    return ModemConfig(name=link.name, port=link.port, baudrate=link.baudrate, pin=link.pin,
+                       new_message_indication="cmt" if link.indication == "cmt" else "cmti")
+
+
 def conversation_of(key: str) -> int | None:
     match = _KEY.match(key)
     return int(match.group(1)) if match else None
@@ -74,7 +91,12 @@ def conversation_of(key: str) -> int | None:
 class SmsChannel:
     """The SMPP clients of one server and their wiring into ``Services``."""
 
-    def __init__(self, services: Services, configs: list[SmppConfig]) -> None:
+    def __init__(
+        self,
+        services: Services,
+        configs: list[SmppConfig],
+        modems: list[ModemConfig] | None = None,
+    ) -> None:
         self._services = services
         self._outbox = DatabaseOutbox(services.sessions)
         self.clients: dict[str, SmppClient] = {
@@ -83,21 +105,81 @@ class SmsChannel:
             )
             for config in configs
         }
-        self._router = SmsRouter(self.clients, [Route(name) for name in self.clients])
+        self.modems: dict[str, ModemGateway] = {
+            config.name: ModemGateway(
+                GsmModem(config),
+                self._outbox,
+                on_status=self.on_status,
+                on_incoming=self.on_incoming,
+                on_call=self.on_call,
+            )
+            for config in modems or []
+        }
+        gateways: dict[str, SmppClient | ModemGateway] = {**self.clients, **self.modems}
+        routes = [
+            Route(r.gateway, r.prefixes, r.senders) for r in services.settings.sms_routes
+        ] or [Route(name) for name in gateways]
+        self._router = SmsRouter(gateways, routes)
         self._previous: OutboundSender = services.conversations.outbound
 
     async def start(self) -> None:
         for name, client in self.clients.items():
             self._services.links.register(f"smpp:{name}", self._probe(client))
+        for name, modem in self.modems.items():
+            self._services.links.register(f"modem:{name}", self._modem_probe(modem))
         self._services.conversations.outbound = self
         for client in self.clients.values():
             await client.start()
+        for modem in self.modems.values():
+            await modem.start()
 
     async def stop(self) -> None:
         if self._services.conversations.outbound is self:
             self._services.conversations.outbound = self._previous
         for client in self.clients.values():
             await client.stop()
+        for modem in self.modems.values():
+            await modem.stop()
+
+    @staticmethod
+    def _modem_probe(modem: ModemGateway) -> LinkProbe:
+        async def probe() -> dict[str, Any]:
+            health = modem.health()
+            return {
+                "kind": "modem",
+                "up": health.up,
+                "port": modem.modem.config.port,
+                "sim": health.sim,
+                "signal_rssi": health.signal_rssi,
+                "signal_dbm": health.signal_dbm,
+                "registration": health.registration,
+                "operator": health.operator,
+                "outbox": health.outbox,
+                "detail": health.last_error,
+            }
+
+        return probe
+
+    async def on_call(self, call: IncomingCall) -> None:
+        """A voice call to a modem's SIM: the driver never answers; it is a missed call."""
+        services = self._services
+        number = call.number or ""
+        try:
+            customer, _ = await services.customers.identify(IdentityKind.PHONE, number)
+        except InvalidInput:
+            customer = await services.customers.new_anonymous("unknown caller")
+        await services.history.add(
+            HistoryEntry(
+                customer_id=customer.id,
+                conversation_id=None,
+                kind="call_missed",
+                channel="voice",
+                payload={"number": number or None, "via": f"modem:{call.modem}",
+                         "reason": "GSM modem line (not answered)"},
+                occurred_at=call.at,
+                dedup_key=f"modem-call:{call.modem}:{number}:{call.at.timestamp():.0f}",
+            )
+        )
 
     def _probe(self, client: SmppClient) -> LinkProbe:
         async def probe() -> dict[str, Any]:
@@ -241,16 +323,24 @@ class SmsChannel:
         return True
 
 
-def sms_links(tuning: SmppTuning = default_config) -> CleanupCtx:
-    """A cleanup_ctx running every configured SMPP link; ``tuning`` builds each
-    link's ``SmppConfig`` (window, TPS, source address, max parts...)."""
+def sms_links(
+    tuning: SmppTuning = default_config, modem_tuning: ModemTuning = default_modem_config
+) -> CleanupCtx:
+    """A cleanup_ctx running every configured SMPP link and GSM modem; ``tuning`` builds
+    each link's ``SmppConfig`` (window, TPS, source address, max parts...),
+    ``modem_tuning`` each modem's ``ModemConfig``."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         services = app[SERVICES]
-        if not services.settings.smpp:
+        settings = services.settings
+        if not settings.smpp and not settings.modems:
             yield
             return
-        channel = SmsChannel(services, [tuning(link) for link in services.settings.smpp])
+        channel = SmsChannel(
+            services,
+            [tuning(link) for link in settings.smpp],
+            [modem_tuning(modem) for modem in settings.modems],
+        )
         await channel.start()
         try:
             yield

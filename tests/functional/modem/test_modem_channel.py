@@ -1,0 +1,153 @@
+"""A GSM modem (PTY emulator) as an SMS channel of the whole cti app, from the config.
+
+[[modem]] in the config file -> ``sms_links()`` runs a ModemGateway on the
+database outbox: an MO SMS pops an ``sms`` conversation, the agent's reply goes
+out through the modem with a status report back as ``delivered``, a call to the
+SIM is a missed call on the caller's timeline, and health shows the modem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from cti.app import create_app
+from cti.config import BootstrapAdmin, ConfigError, ModemLink, Settings, load_settings
+from cti.links.sms import default_modem_config, sms_links
+from sms_gateway.modem.driver import ModemConfig
+from tests.modem_emulator import ModemEmulator
+
+from .conftest import FAST
+
+ADMIN = ("admin", "admin-password")
+CUSTOMER = "+79161234567"
+MO_TEXT = "Здравствуйте! Где мой заказ 4711? Жду уже неделю, " * 2
+REPLY = "Добрый день! Заказ 4711 передан курьеру, он позвонит завтра до 12:00. Спасибо!" * 2
+
+
+def fast(link: ModemLink) -> ModemConfig:
+    base = default_modem_config(link)
+    return ModemConfig(**{**{f: getattr(base, f) for f in base.__dataclass_fields__}, **FAST})
+
+
+async def receive(ws: aiohttp.ClientWebSocketResponse, kind: str,
+                  within: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + within
+    while True:
+        msg = await ws.receive(timeout=max(0.1, deadline - time.monotonic()))
+        assert msg.type is aiohttp.WSMsgType.TEXT, msg
+        data: dict[str, Any] = json.loads(msg.data)
+        if data.get("type") == kind:
+            return data
+
+
+async def until(what: str, check: Callable[[], Any], within: float = 30.0) -> Any:
+    deadline = time.monotonic() + within
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def test_modem_and_routes_from_the_config_file(tmp_path: Path) -> None:
+    conf = tmp_path / "cti.toml"
+    conf.write_text(
+        '[[smpp]]\nname = "op"\nurl = "smpp://cti:secret@127.0.0.1:2775"\n'
+        '[[modem]]\nname = "gsm1"\nport = "/dev/ttyUSB0"\npin = "1234"\n'
+        '[[sms_route]]\ngateway = "gsm1"\nprefixes = ["+7916"]\n'
+        '[[sms_route]]\ngateway = "op"\n', encoding="utf-8")
+    settings = load_settings(conf, environ={})
+    (modem,) = settings.modems
+    assert (modem.name, modem.port, modem.pin, modem.indication) == \
+        ("gsm1", "/dev/ttyUSB0", "1234", "cmti")
+    assert "1234" not in repr(settings)
+    assert [(r.gateway, r.prefixes) for r in settings.sms_routes] == \
+        [("gsm1", ("+7916",)), ("op", ())]
+    for bad, message in [
+        ('[[modem]]\nport = "ttyUSB0"\n', "device path"),
+        ('[[modem]]\nport = "/dev/ttyUSB0"\npin = "12ab"\n', "4 to 8 digits"),
+        ('[[modem]]\nport = "/dev/x"\nspeed = 9600\n', "unknown key"),
+        ('[[sms_route]]\ngateway = "nowhere"\n', "unknown gateway"),
+        ('[[modem]]\nname = "a"\nport = "/dev/x"\n[[modem]]\nname = "a"\nport = "/dev/y"\n',
+         "must be unique"),
+    ]:
+        conf.write_text(bad, encoding="utf-8")
+        with pytest.raises(ConfigError, match=message):
+            load_settings(conf, environ={})
+
+
+async def test_modem_channel_end_to_end(
+    db_url: str, tmp_path: Path, emulator_factory: Callable[..., ModemEmulator]
+) -> None:
+    emulator = emulator_factory(auto_status_report=0)  # TP-ST 0: delivered
+    settings = Settings(
+        db_url=db_url, data_dir=tmp_path, secret_key="test-secret",
+        bootstrap_admin=BootstrapAdmin(*ADMIN), history_flush_interval=0.01,
+        modems=(ModemLink("gsm1", str(emulator.link)),),
+    )
+    app = create_app(settings)
+    app.cleanup_ctx.append(sms_links(modem_tuning=fast))
+    client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    try:
+        resp = await client.post("/api/v1/auth/token",
+                                 json={"login": ADMIN[0], "password": ADMIN[1]})
+        admin = {"Authorization": f"Bearer {(await resp.json())['token']}"}
+        resp = await client.post("/api/v1/agents", headers=admin, json={
+            "login": "olga", "password": "agent-password", "name": "Ольга"})
+        assert resp.status == 201, await resp.text()
+        resp = await client.post("/api/v1/auth/token",
+                                 json={"login": "olga", "password": "agent-password"})
+        token = (await resp.json())["token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        ws = await client.ws_connect("/api/v1/events", params={"token": token})
+
+        async def modem_up() -> dict[str, Any] | None:
+            link: dict[str, Any] = (await (await client.get("/api/v1/health")).json())[
+                "links"]["modem:gsm1"]
+            return link if link["up"] else None
+
+        health = await until("the modem to come online", modem_up)
+        assert health["kind"] == "modem" and health["sim"] == "ready"
+        assert health["registration"] and health["signal_rssi"] == emulator.rssi
+
+        emulator.deliver_sms(CUSTOMER, MO_TEXT, order=[1, 0])
+        pop = await receive(ws, "screen_pop")
+        assert pop["channel"] == "sms" and pop["conversation"]["contact"] == CUSTOMER
+        conv_id = pop["conversation"]["id"]
+        customer_id = pop["customer"]["id"]
+        assert any(e.get("payload", {}).get("text") == MO_TEXT for e in pop["history"])
+
+        resp = await client.post(f"/api/v1/conversations/{conv_id}/messages",
+                                 json={"text": REPLY}, headers=auth)
+        assert resp.status in (200, 201), await resp.text()
+        status = await receive(ws, "delivery_status")
+        assert status["status"] == "delivered" and status["conversation_id"] == conv_id
+        parts = [s for s in emulator.submits if s.destination == CUSTOMER]
+        assert "".join(p.text for p in parts) == REPLY and len(parts) == 3
+        assert all(p.ucs2 and p.status_report for p in parts)
+
+        emulator.ring(CUSTOMER)
+
+        async def missed() -> list[dict[str, Any]]:
+            resp = await client.get(f"/api/v1/customers/{customer_id}/history",
+                                    params={"limit": "100"}, headers=auth)
+            events: list[dict[str, Any]] = (await resp.json())["events"]
+            return [e for e in events if e["kind"] == "call_missed"]
+
+        (call,) = await until("the missed call in the history", missed)
+        assert call["payload"]["number"] == CUSTOMER and call["payload"]["via"] == "modem:gsm1"
+        await ws.close()
+    finally:
+        await client.close()

@@ -27,6 +27,24 @@ DEMO_CUSTOMERS: tuple[tuple[str, list[ContactInput], str], ...] = (
     ),
     ("John Smith", [ContactInput("phone", "+442079460123")], "regular"),
 )
+# The IVR's caller identification by keyed reference and order status (cti/ivr_ports.py):
+# the account number is the card's external_id, orders live in custom["orders"].
+DEMO_ACCOUNTS: dict[str, tuple[str, list[dict[str, str]], str]] = {
+    "Иван Петров": (
+        "100200300",
+        [
+            {"id": "4711", "state": "delivered", "placed_at": "2026-10-02T09:15:00+00:00"},
+            {"id": "5120", "state": "shipped", "placed_at": "2026-11-18T17:40:00+00:00"},
+        ],
+        "ru",
+    ),
+    "Анна Смирнова": (
+        "100200301",
+        [{"id": "5133", "state": "processing", "placed_at": "2026-11-20T08:05:00+00:00"}],
+        "ru",
+    ),
+    "John Smith": ("100200302", [], "en"),
+}
 DEMO_WRAP_UPS = (
     ("resolved", "Resolved"),
     ("callback", "Callback needed"),
@@ -49,7 +67,14 @@ async def seed(services: Services) -> list[tuple[str, str]]:
             )
     for name, contacts, segment in DEMO_CUSTOMERS:
         try:
-            await services.customers.create(name, contacts, segment=segment)
+            account, orders, language = DEMO_ACCOUNTS[name]
+            await services.customers.create(
+                name,
+                contacts,
+                segment=segment,
+                external_id=account,
+                custom={"orders": orders, "language": language},
+            )
         except Conflict:
             pass
     async with services.sessions() as session, session.begin():

@@ -1,0 +1,90 @@
+"""A waiting caller moves to web chat / SMS through ``cti serve``'s IVR, end to end:
+SIPp caller (RFC 2833 DTMF) -> lab dialplan -> our FastAGI server -> cti ports ->
+SMS on the test SMSC -> the caller writes -> an agent who becomes free gets the
+chat with the voice leg and the IVR choices; the call counts as deflected."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.ivr_cti.support import Server, until
+from tests.peers.sipp import Dtmf, Pause, SippFactory
+
+pytestmark = pytest.mark.integration
+
+CALLER = "+79161234567"
+REPLY = "Я лучше напишу: <b>заказ 5120</b> где?"
+
+
+# English (1), then support (3), as RFC 2833 from SIPp.
+LANGUAGE_AND_MENU = [Pause(1.5), Dtmf("1"), Pause(2.5), Dtmf("3")]
+
+
+async def test_caller_deflects_to_chat_and_keeps_context(
+    server: Server, sipp_caller: SippFactory
+) -> None:
+    services = server.services
+    customer_id = await server.customer("Иван Петров", CALLER)
+    olga = await server.agent("olga", "PJSIP/agent1")
+    await server.pause(olga, True)  # nobody free: the text conversation has to wait
+
+    caller = sipp_caller(number="100", caller_number=CALLER, caller_name="Ivan Petrov",
+                         steps=LANGUAGE_AND_MENU, hangup_after=90.0)
+
+    async def sms_sent() -> bool:
+        return bool(await server.sms_links_to(CALLER))
+
+    # In the queue the caller presses 1 (see docs/ivr.md, "cti serve wiring", on why
+    # this digit is PlayDTMF and not a second SIPp pcap).
+    await server.press_in_queue(CALLER, "1", sms_sent)
+    link = (await server.sms_links_to(CALLER))[0]
+    assert link.startswith(services.settings.base_url() + "/c/"), link
+    result = await caller.wait_async()
+    assert result.successful_calls == 1, result
+
+    conv = await server.deflected(CALLER)
+    assert conv is not None, "no queued chat conversation for the caller"
+    assert conv.customer_id == customer_id and conv.status == "queued"
+    voice = await services.conversations.get(conv.linked_to_id or 0)
+    assert voice.channel == "voice" and voice.external_ref and voice.external_ref.startswith("lab:")
+
+    # The caller answers the SMS instead of opening the link: it lands in the same
+    # conversation (not in a new SMS one).
+    await server.smsc.acall("POST", "/mo", {"source": CALLER, "destination": "CTI",
+                                            "text": REPLY})
+
+    async def reply_landed() -> bool:
+        events = await server.history(customer_id)
+        return any(e["kind"] == "message_in" and e["conversation_id"] == conv.id
+                   for e in events)
+
+    await until("the SMS reply in the deflected conversation", reply_landed)
+    assert (await server.deflected(CALLER)) is not None
+
+    await server.pause(olga, False)
+    pop = await olga.next_frame("screen_pop")
+    assert pop["channel"] == "chat"
+    assert pop["conversation"]["id"] == conv.id
+    kinds = [e["kind"] for e in pop["history"]]
+    for kind in ("call_started", "call_queued", "ivr_choice", "call_deflected", "deflected",
+                 "message_in"):
+        assert kind in kinds, (kind, kinds)
+    steps = {(e["payload"]["step"], e["payload"]["value"]) for e in pop["history"]
+             if e["kind"] == "ivr_choice"}
+    assert ("identify", "cli") in steps and ("menu", "support") in steps, steps
+    assert ("queue_exit", "pressed:1") in steps, steps
+    assert any(s == "queue_exit" and v == f"deflected:{conv.id}" for s, v in steps), steps
+    text = [e["payload"]["text"] for e in pop["history"] if e["kind"] == "message_in"]
+    assert text == [REPLY]  # stored as data, HTML and all
+
+    async def call_ended() -> bool:
+        return any(e["kind"] == "call_ended" for e in await server.history(customer_id))
+
+    await until("the call's end in the history", call_ended)
+    events = await server.history(customer_id)
+    ended = [e for e in events if e["kind"] == "call_ended"]
+    assert ended[0]["payload"]["outcome"] == "deflected"
+    assert ended[0]["payload"]["deflected_to"] == conv.id
+    assert not [e for e in events if e["kind"] == "call_abandoned"]
+    assert (await services.conversations.get(voice.id)).status == "closed"
+    assert server.agi.counters.flow_errors == 0

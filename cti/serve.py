@@ -24,8 +24,10 @@ from cti.links.ivr import setup_ivr
 from cti.links.lab import attach_lab
 from cti.links.pbx import setup_pbx_links
 from cti.links.sms import sms_links
+from cti.metrics import setup_metrics
 from cti.phone_api import setup_phone_api
 from cti.reports.api import setup_reports
+from cti.wallboard import setup_wallboard
 from cti.web import setup_web
 from cti.webchat.routes import setup_webchat
 
@@ -37,10 +39,12 @@ def build_app(settings: Settings, *, lab: bool = False) -> web.Application:
     setup_web(app)
     setup_pbx_links(app)
     setup_cluster(app)
+    setup_metrics(app)
     setup_call_control(app)
     setup_reports(app)
     setup_callbacks(app)
     setup_phone_api(app)
+    setup_wallboard(app)
     setup_desk_api(app)
     app.cleanup_ctx.append(sms_links())
     setup_webchat(app)  # after the SMS links: it wraps their sender

@@ -12,7 +12,7 @@ in Redis), so a desk that moves to another node keeps its seq.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -29,6 +29,7 @@ class ClusterHub(EventHub):
         self.node_id = node_id
         self.bus: EventBus | None = None
         self._early: list[tuple[tuple[int, ...], str, dict[str, Any]]] = []
+        self.on_delivered: list[Callable[[BusEvent], None]] = []  # metrics
 
     async def start(self, redis: Redis, **bus_options: Any) -> EventBus:
         self.bus = EventBus(redis, node_id=self.node_id, on_event=self._deliver, **bus_options)
@@ -62,3 +63,5 @@ class ClusterHub(EventHub):
     def _deliver(self, event: BusEvent) -> None:
         self._seq = event.seq - 1
         super().publish(event.agent_ids, event.type, event.body)
+        for hook in self.on_delivered:
+            hook(event)

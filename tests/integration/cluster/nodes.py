@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[3]
 CTI = ROOT / ".venv" / "bin" / "cti"
@@ -95,6 +96,19 @@ class Node:
             return bool(body["links"].get("cluster", {}).get("up"))
 
         await until(f"node {self.name} ready", ready)
+
+    async def metrics(self) -> dict[str, float]:
+        """``/metrics`` samples as {"name{label=value,...}": value}."""
+        http = await self.session()
+        async with http.get("/metrics") as resp:
+            assert resp.status == 200, await resp.text()
+            text = await resp.text()
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                out[f"{sample.name}{{{labels}}}"] = sample.value
+        return out
 
     async def login(self, login: str, password: str) -> str:
         http = await self.session()

@@ -149,6 +149,15 @@ async def test_pop_race_and_failover(
         call_id, conversation_id = answered["call_id"], answered["conversation_id"]
         assert conversation_id == pop["conversation"]["id"]
 
+        async def pop_measured() -> bool:
+            a_metrics = await node_a.metrics()
+            return a_metrics.get("cti_screen_pop_seconds_count{}", 0) >= 1
+
+        await until("the screen-pop latency observed on A", pop_measured, 10)
+        b_metrics = await node_b.metrics()
+        assert b_metrics["cti_bus_delivery_seconds_count{type=screen_pop}"] >= 1, b_metrics
+        assert b_metrics["cti_ws_agents{}"] == 1 and b_metrics["cti_bus_up{}"] == 1
+
         # kill -9 the lease holder in the middle of the call.
         node_a.kill9()
         killed = time.monotonic()

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from cti.config import AmiServer, BootstrapAdmin, HostPort, Settings, SmppLink
@@ -79,11 +80,12 @@ class Server:
     smsc: Smsc
     admin: str
     ami: AmiProbe
+    app: web.Application
     agents: list[Agent] = field(default_factory=list)
 
     def waiting_channel(self, number: str, queue: str = "support") -> str | None:
         """The caller's channel while it waits in ``queue`` (the server's live tracker)."""
-        snap = self.client.app[PBX_LINKS]["lab"].queue(queue)  # type: ignore[index]
+        snap = self.app[PBX_LINKS]["lab"].queue(queue)
         for caller in snap.waiting if snap is not None else ():
             if caller.caller_number == number:
                 return str(caller.channel)
@@ -115,7 +117,7 @@ class Server:
 
     @property
     def agi(self) -> FastAgiServer:
-        return self.client.app[IVR_SERVER][0]  # type: ignore[index]
+        return self.app[IVR_SERVER][0]
 
     async def health(self) -> dict[str, Any]:
         resp = await self.client.get("/api/v1/health")
@@ -209,7 +211,8 @@ async def server(lab_pbx: LabPbx, smsc: Smsc, tmp_path: Path) -> AsyncIterator[S
                                  json={"login": ADMIN[0], "password": ADMIN[1]})
         ami = AmiProbe()
         await ami.connect(lab_pbx.ami_url)
-        srv = Server(client, app[SERVICES], lab_pbx, smsc, (await resp.json())["token"], ami)
+        srv = Server(client, app[SERVICES], lab_pbx, smsc, (await resp.json())["token"], ami,
+                     app)
 
         async def links_up() -> bool:
             links = await srv.health() if srv else {}

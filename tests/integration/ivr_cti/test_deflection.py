@@ -5,15 +5,18 @@ chat with the voice leg and the IVR choices; the call counts as deflected."""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import pytest
 
-from tests.integration.ivr_cti.support import Server, until
+from tests.integration.ivr_cti.support import TIMEOUT, Server, until
 from tests.peers.sipp import Dtmf, Pause, SippFactory
 
 pytestmark = pytest.mark.integration
 
 CALLER = "+79161234567"
 REPLY = "Я лучше напишу: <b>заказ 5120</b> где?"
+CHAT_TEXT = "And from the chat page: is order 5120 on its way?"
 
 
 # English (1), then support (3), as RFC 2833 from SIPp.
@@ -61,6 +64,29 @@ async def test_caller_deflects_to_chat_and_keeps_context(
     await until("the SMS reply in the deflected conversation", reply_landed)
     assert (await server.deflected(CALLER)) is not None
 
+    # Then opens the link and writes in the web chat.
+    path = urlsplit(link).path
+    token = path.rsplit("/", 1)[1]
+    page = await server.client.get(path)
+    assert page.status == 200 and "text/html" in page.headers["Content-Type"]
+    state = await server.client.get(f"/api/v1/chat/{token}")
+    assert state.status == 200, await state.text()
+    summary = (await state.json())["conversation"]
+    assert summary["conversation_id"] == conv.id and summary["state"] == "waiting", summary
+    chat = await server.client.ws_connect(f"/api/v1/chat/{token}/ws")
+    try:
+        await chat.receive_json(timeout=TIMEOUT)  # the snapshot
+        await chat.send_json({"type": "message", "text": CHAT_TEXT})
+
+        async def chat_landed() -> bool:
+            events = await server.history(customer_id)
+            return any(e["kind"] == "message_in" and e["payload"].get("text") == CHAT_TEXT
+                       and e["conversation_id"] == conv.id for e in events)
+
+        await until("the chat message in the deflected conversation", chat_landed)
+    finally:
+        await chat.close()
+
     await server.pause(olga, False)
     pop = await olga.next_frame("screen_pop")
     assert pop["channel"] == "chat"
@@ -75,7 +101,7 @@ async def test_caller_deflects_to_chat_and_keeps_context(
     assert ("queue_exit", "pressed:1") in steps, steps
     assert any(s == "queue_exit" and v == f"deflected:{conv.id}" for s, v in steps), steps
     text = [e["payload"]["text"] for e in pop["history"] if e["kind"] == "message_in"]
-    assert text == [REPLY]  # stored as data, HTML and all
+    assert sorted(text) == sorted([REPLY, CHAT_TEXT])  # stored as data, HTML and all
 
     async def call_ended() -> bool:
         return any(e["kind"] == "call_ended" for e in await server.history(customer_id))

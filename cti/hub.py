@@ -100,6 +100,9 @@ class EventHub:
             self._offer(sub, text)
         return sum(1 for sub in chosen if not sub.overflowed)
 
+    def any_socket(self, select: Callable[[Subscription], bool]) -> bool:
+        return any(select(sub) for subs in self._subs.values() for sub in subs)
+
     def clients(self, agent_id: int, client: str) -> int:
         """How many of this agent's sockets on this node identified as ``client``."""
         return sum(1 for sub in self._subs.get(agent_id, ()) if sub.client == client)

@@ -199,6 +199,12 @@ OPENAPI: dict[str, Any] = {
             "delete": _op("Cancel a waiting callback (supervisor; 409 when not open)",
                           params=[ID_PARAM]),
         },
+        "/api/v1/wallboard": {
+            "get": _op(
+                "Supervisor wallboard: queues, agents by state, today's figures, open texts"
+                " with SLA state (live: wallboard messages on supervisors' sockets)"
+            )
+        },
         "/api/v1/health": {"get": _op("State of each link", auth=False)},
         "/api/v1/events": {
             "get": _op(

@@ -230,3 +230,57 @@ async def test_blind_transfer_to_a_colleague_takes_the_card_along(
     finally:
         with contextlib.suppress(PbxError):
             await desk.link.queue_pause("PJSIP/agent2", False, "support")
+
+
+async def test_attended_transfer_from_the_desk(
+    lab_desk: LabDesk, desk_browser: DeskBrowser, phone_factory: Any, sipp_caller: Any,
+    lab_pbx: LabPbx,
+) -> None:
+    desk = lab_desk
+    await desk.services.customers.create(NAME, [ContactInput("phone", NUMBER)])
+    page1 = await desk_browser.new_page()
+    await desk.login(page1, "agent1")
+    page2 = await desk_browser.new_page()
+    await desk.login(page2, "agent2")
+    await desk.link.queue_pause("PJSIP/agent2", True, "support", "transfer test")
+    try:
+        phone1 = await phone_factory("agent1")
+        phone2 = await phone_factory("agent2")
+        await until("agent1 free in the support queue", lambda: (m := desk.member()) is not None
+                    and m.device_state == "NOT_INUSE" and not m.paused)
+        caller = sipp_caller(number="100", caller_number=NUMBER, caller_name="IVAN",
+                             hangup_after=60)
+        await phone1.wait_for_incoming(20)
+        # Quirk: AMI Atxfer plays the atxfer feature code into the agent's channel,
+        # which works only if the bridge lets the agent transfer. The lab's Queue()
+        # has no "t" option, so the caller's channel gets BRIDGE_FEATURES=t (callee
+        # may transfer) before the agent answers, as a deployment's dialplan would.
+        calls = desk.link.calls()
+        assert len(calls) == 1, calls
+        await desk.link.setvar("BRIDGE_FEATURES", "t", calls[0].channel)
+        await phone1.answer()
+        await page1.wait_for_function(
+            "() => document.getElementById('call-state')?.textContent === 'answered'"
+        )
+        await page1.fill("#xfer-target", lab_pbx.agent_exten("agent2"))
+        await page1.click("#xfer-attended")
+        await page1.wait_for_function(
+            "() => document.getElementById('notice').textContent.startsWith('Consulting')"
+        )
+        await phone2.wait_for_incoming(20)
+        await phone2.answer()
+        await phone2.wait_state("connected", 15)
+        assert phone1.state == "connected"  # agent1 talks to agent2, the caller waits
+        await phone1.hangup()  # completes the transfer
+        await page2.wait_for_function(
+            "(n) => document.getElementById('card-name')?.textContent === n", arg=NAME
+        )
+        assert "Transferred call" in (await page2.text_content("#interaction") or "")
+        assert phone2.state == "connected"
+        await page2.click("#call-hangup")
+        await phone2.wait_state("disconnected", 15)
+        result = await caller.wait_async(30)
+        assert result.successful_calls == 1, result
+    finally:
+        with contextlib.suppress(PbxError):
+            await desk.link.queue_pause("PJSIP/agent2", False, "support")

@@ -12,12 +12,13 @@ sender, pushes replies of its conversations to the room and hands other
 channels (and the SMS copy of an SMS conversation) to the sender before it;
 ``ConversationService.send_message`` records the ``message_out``.
 
-A socket gets a snapshot of the messages so far, then live messages. To show
-each message once, the snapshot holds only history entries that happened
-before the socket joined; everything after reaches it live. That holds
-because the push to the room is the last synchronous step of the recording
-code (``message_in`` is created right before its push, ``message_out`` right
-after the push returns, with no await in between).
+A socket joins its room first, then reads the snapshot of the messages so
+far (after flushing the history writer), then gets live messages. Every
+message pushed to the socket between joining and the snapshot is kept aside
+and its copy is removed from the snapshot (customer messages by id, agent
+replies by text, newest first), so each message shows once whatever order
+the history row and the push happen in (a reply with an Idempotency-Key
+writes its row before the send, a plain reply after it).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ TEXT_CHANNELS = ("sms", "chat")
 MESSAGE_KINDS = ("message_in", "message_out")
 MAX_SNAPSHOT = 200
 FLUSH_TIMEOUT = 5.0
+SAME_REPLY_WINDOW = 120.0  # seconds between a reply's history row and its push
 
 
 class TooManySockets(DomainError):
@@ -84,8 +86,9 @@ class ChatSocket:
     conversation_id: int
     token: str
     queue: asyncio.Queue[str]
-    joined_at: datetime = field(default_factory=utcnow)
     overflowed: bool = False
+    # Messages pushed before the snapshot was taken (None once it is).
+    early: list[dict[str, Any]] | None = field(default_factory=list)
 
     def offer(self, text: str) -> None:
         if self.overflowed:
@@ -191,9 +194,7 @@ class ChatService:
                 out["agent"] = _display_name(agent)
         return out
 
-    async def messages(
-        self, conv: Conversation, before: datetime | None = None
-    ) -> list[dict[str, Any]]:
+    async def messages(self, conv: Conversation) -> list[dict[str, Any]]:
         """Customer and agent messages of the conversation, oldest first (no notes)."""
         history = self._services.history
         with contextlib.suppress(TimeoutError):
@@ -202,8 +203,6 @@ class ChatService:
             query = select(HistoryEvent).where(
                 HistoryEvent.conversation_id == conv.id, HistoryEvent.kind.in_(MESSAGE_KINDS)
             )
-            if before is not None:
-                query = query.where(HistoryEvent.occurred_at < before)
             rows = list(
                 await session.scalars(
                     query.order_by(HistoryEvent.occurred_at.desc(), HistoryEvent.id.desc()).limit(
@@ -224,11 +223,21 @@ class ChatService:
         return [_message_json(r, names) for r in rows]
 
     async def snapshot(self, conv: Conversation, sock: ChatSocket) -> dict[str, Any]:
-        return {
-            "type": "snapshot",
-            "conversation": await self.summary(conv),
-            "messages": await self.messages(conv, before=sock.joined_at),
-        }
+        summary = await self.summary(conv)
+        messages = await self.messages(conv)
+        for early in sock.early or ():
+            for i in range(len(messages) - 1, -1, -1):
+                m = messages[i]
+                same = m["id"] == early["id"] or (
+                    early["from"] == "agent" == m["from"]
+                    and m["text"] == early["text"]
+                    and _seconds_apart(m["at"], early["at"]) < SAME_REPLY_WINDOW
+                )
+                if same:
+                    del messages[i]
+                    break
+        sock.early = None
+        return {"type": "snapshot", "conversation": summary, "messages": messages}
 
     # -- sockets ------------------------------------------------------------
 
@@ -256,6 +265,8 @@ class ChatService:
         room = self._rooms.get(conversation_id, ())
         text = json.dumps(body, ensure_ascii=False, default=str)
         for sock in room:
+            if sock.early is not None and body.get("type") == "message":
+                sock.early.append(body["message"])
             sock.offer(text)
         return len(room)
 
@@ -346,7 +357,6 @@ class ChatService:
             "text": text,
             "at": utcnow().isoformat(),
         }
-        # Last synchronous step before send_message records the message_out.
         reached = self._push(conversation_id, {"type": "message", "message": message})
         if channel == "chat":
             return "delivered" if reached else "stored"
@@ -365,6 +375,10 @@ class ChatService:
                 .where(Conversation.id == conversation_id)
             )
         return _display_name(agent)
+
+
+def _seconds_apart(a: str, b: str) -> float:
+    return abs((datetime.fromisoformat(a) - datetime.fromisoformat(b)).total_seconds())
 
 
 def _display_name(agent: Agent | None) -> str:

@@ -24,7 +24,7 @@ from cti.history import HistoryEntry, timeline
 from cti.keys import SERVICES
 from cti.models import Conversation
 from cti.webchat import chat_link, chat_signer
-from cti.webchat.routes import setup_webchat
+from cti.webchat.routes import CHAT, setup_webchat
 from cti.webchat.service import ChatLimits
 from cti.webchat.tokens import ChatTokenSigner
 from tests.functional.cti.conftest import Api
@@ -174,6 +174,23 @@ async def test_chat_both_ways_with_an_agent(chat_api: Api) -> None:
         HistoryEntry(conv.customer_id, "note", "chat", {"text": "internal: VIP"}, conv.id)
     )
 
+    # Replies pushed while a window is between joining and its snapshot show once:
+    # live, not in the snapshot (the Idempotency-Key path writes its row first).
+    chat = api.client.app[CHAT]
+    agent_id = (await (await api.client.get("/api/v1/me", headers=api.auth(agent_token))).json())[
+        "id"
+    ]
+    window = chat.join(conv.id, token)
+    me = Principal(agent_id, Role.AGENT)
+    await svc.conversations.send_message(conv.id, me, "Минуту", idempotency_key="reply-1")
+    await svc.conversations.send_message(conv.id, me, "Минуту")
+    early = await chat.snapshot(conv, window)
+    assert [m["text"] for m in early["messages"]][-1] == "Спасибо"
+    assert window.queue.qsize() == 2
+    chat.leave(window)
+    for _ in range(2):
+        assert (await recv(customer, "message"))["message"]["text"] == "Минуту"
+
     # A second window (or a reconnect) gets everything once, in order, and no notes.
     again = await api.client.ws_connect(f"/api/v1/chat/{token}/ws")
     snap = await recv(again, "snapshot")
@@ -182,10 +199,12 @@ async def test_chat_both_ways_with_an_agent(chat_api: Api) -> None:
         ("customer", "Здравствуйте, где мой заказ?"),
         ("agent", "Добрый день! Смотрю."),
         ("customer", "Спасибо"),
+        ("agent", "Минуту"),
+        ("agent", "Минуту"),
     ]
     ids = [m["id"] for m in snap["messages"]]
     assert (
-        len(set(ids)) == 3 and ids[0] == echo["message"]["id"] and ids[2] == second["message"]["id"]
+        len(set(ids)) == 5 and ids[0] == echo["message"]["id"] and ids[2] == second["message"]["id"]
     )
     state = await (await api.client.get(f"/api/v1/chat/{token}")).json()
     assert [m["text"] for m in state["messages"]] == [t for _, t in texts]
@@ -194,7 +213,7 @@ async def test_chat_both_ways_with_an_agent(chat_api: Api) -> None:
     await svc.history.flush()
     events, _ = await timeline(svc.sessions, conv.customer_id, limit=50)
     kinds = [(e.kind, e.channel) for e in events if e.conversation_id == conv.id]
-    assert kinds.count(("message_in", "chat")) == 2 and kinds.count(("message_out", "chat")) == 1
+    assert kinds.count(("message_in", "chat")) == 2 and kinds.count(("message_out", "chat")) == 3
     for ws in (customer, again, agent):
         await ws.close()
 
@@ -252,4 +271,21 @@ async def test_flood_size_and_bad_frames_get_error_frames(chat_api: Api) -> None
     while closed.type is aiohttp.WSMsgType.TEXT:
         closed = await second.receive(timeout=TIMEOUT)
     assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    await ws.close()
+
+
+async def test_link_in_an_sms_conversation_gets_replies_in_the_window(chat_api: Api) -> None:
+    api, svc = chat_api, chat_api.services
+    agent_id = (await svc.agents.create("agent2", "pw-agent2", name="Олег", role=Role.AGENT)).id
+    conv = await svc.inbox.receive("sms", "+79035550101", "Хочу в чат")
+    assert conv.channel == "sms" and conv.owner_id == agent_id
+    token = token_of(chat_link(svc, conv.id))
+    ws = await api.client.ws_connect(f"/api/v1/chat/{token}/ws")
+    snap = await recv(ws, "snapshot")
+    assert [m["text"] for m in snap["messages"]] == ["Хочу в чат"]
+    assert snap["conversation"]["agent"] == "Олег"
+    sent, _ = await svc.conversations.send_message(conv.id, Principal(agent_id, Role.AGENT), "Да")
+    assert sent["status"] == "no_gateway"  # the SMS copy went to the sender behind the chat
+    live = await recv(ws, "message")
+    assert (live["message"]["from"], live["message"]["text"]) == ("agent", "Да")
     await ws.close()

@@ -768,6 +768,7 @@ async function finishWrapup(ev) {
   status.wrapup = null;
   $("call-wrapup").hidden = true;
   renderStatus();
+  if (pop.customerId !== null) startTimeline(pop.customerId, []);  // the call, with durations
 }
 
 // ---- call control ---------------------------------------------------------------

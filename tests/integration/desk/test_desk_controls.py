@@ -246,4 +246,10 @@ async def test_merge_duplicates_with_undo(desk: Desk, desk_browser: DeskBrowser)
     await offer_call(desk, "+79035550101", "ANNA", "pbx1:1700000009.2", "agent1")
     await other.wait_for_selector("#card-name")
     assert await other.is_hidden("#merge-bar") and await other.is_hidden("#sup-links")
+    # Answer goes to the agent's softphone; with none linked the desk says what to do.
+    await other.click("#call-answer")
+    await other.wait_for_function(
+        "() => document.getElementById('notice').textContent.startsWith('No softphone linked')"
+    )
+    assert "cti phone" in (await other.text_content("#notice") or "")
     assert desk_browser.dialogs == []

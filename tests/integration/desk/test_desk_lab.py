@@ -27,6 +27,7 @@ from cti.lab import LabPbx
 from cti.links.pbx import PBX_LINKS
 from cti.serve import build_app
 from cti.services import Services
+from cti.softphone.link import DeskLink, RecordingNotifier
 from pbx import actions as act
 from pbx.actions import PbxError
 from pbx.link import AmiLink
@@ -284,3 +285,54 @@ async def test_attended_transfer_from_the_desk(
     finally:
         with contextlib.suppress(PbxError):
             await desk.link.queue_pause("PJSIP/agent2", False, "support")
+
+
+async def test_desk_answers_through_the_linked_softphone(
+    lab_desk: LabDesk, desk_browser: DeskBrowser, phone_factory: Any, sipp_caller: Any
+) -> None:
+    desk = lab_desk
+    await desk.services.customers.create(NAME, [ContactInput("phone", NUMBER)])
+    page = await desk_browser.new_page()
+    await desk.login(page, "agent1")
+    await page.wait_for_function("() => document.body.dataset.softphones === '0'")
+    phone = await phone_factory("agent1")
+    async with DeskLink(desk.base_url, "agent1", PASSWORD, phone, RecordingNotifier()) as link:
+        await asyncio.wait_for(link.linked.wait(), TIMEOUT)
+        await page.wait_for_function("() => document.body.dataset.softphones === '1'")
+        await until("agent1 free in the support queue", lambda: (m := desk.member()) is not None
+                    and m.device_state == "NOT_INUSE" and not m.paused)
+        caller = sipp_caller(number="100", caller_number=NUMBER, caller_name="IVAN",
+                             hangup_after=60)
+        await page.wait_for_function(
+            "(n) => document.getElementById('card-name')?.textContent === n", arg=NAME
+        )
+        assert phone.state in ("idle", "ringing"), phone.state  # the pop came first
+        await phone.wait_state("ringing", TIMEOUT)
+        await page.click("#call-answer")
+        await phone.wait_state("connected", 15)
+        await page.wait_for_function(
+            "() => document.getElementById('call-state')?.textContent === 'answered'"
+        )
+        await page.click("#call-hold")
+        await page.wait_for_function(
+            "() => document.getElementById('softphone').textContent === 'softphone: held'"
+        )
+        await page.click("#call-unhold")
+        await page.wait_for_function(
+            "() => document.getElementById('softphone').textContent === 'softphone: connected'"
+        )
+        await asyncio.sleep(1.0)  # some talk time on the record
+        await page.click("#call-hangup")
+        await phone.wait_state("disconnected", 15)
+        result = await caller.wait_async(30)
+        assert result.successful_calls == 1, result
+        await page.wait_for_selector("#call-wrapup:not([hidden])")
+        await page.click("#call-wrapup-done")
+        ended = page.locator("#timeline li[data-kind=call_ended]")
+        await ended.wait_for()
+        assert "talk:" in (await ended.text_content() or "")
+        kinds = await page.eval_on_selector_all(
+            "#timeline li", "ls => ls.map(l => l.dataset.kind)"
+        )
+        assert {"call_offered", "call_answered", "call_held", "call_ended"} <= set(kinds), kinds
+        await desk_browser.screenshot(page, "desk-softphone-call")

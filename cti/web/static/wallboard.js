@@ -67,16 +67,16 @@ function renderToday(today, openCount) {
     const sl = today.service_level;
     const slLevel = sl === null || sl === undefined ? "" : sl >= 80 ? "ok" : sl >= 60 ? "amber" : "red";
     tiles.push(
-      tile("calls_handled", "Calls handled today", today.calls_handled, "ok"),
-      tile("calls_offered", "Calls offered today", today.calls_offered),
-      tile("calls_abandoned", "Abandoned today", today.calls_abandoned,
+      tile("calls_handled", "Calls handled", today.calls_handled, "ok"),
+      tile("calls_offered", "Calls offered", today.calls_offered),
+      tile("calls_abandoned", "Abandoned", today.calls_abandoned,
            today.calls_abandoned > 0 ? "amber" : ""),
-      tile("service_level", `Service level (${today.service_level_target} s)`,
+      tile("service_level", `Service level ${today.service_level_target} s`,
            sl === null || sl === undefined ? "—" : `${Math.round(sl)}%`, slLevel),
-      tile("texts_handled", "Texts handled today", today.texts_handled, "ok"),
+      tile("texts_handled", "Texts handled", today.texts_handled, "ok"),
     );
   }
-  tiles.push(tile("open_texts", "Open conversations", openCount, openCount > 0 ? "amber" : "ok"));
+  tiles.push(tile("open_texts", "Open texts", openCount, openCount > 0 ? "amber" : "ok"));
   box.replaceChildren(...tiles);
 }
 

@@ -6,10 +6,13 @@ customer is rate-limited per token (token bucket), validated, recorded in the
 history as ``message_in`` (the same kind and payload shape as an inbound SMS,
 with channel ``chat``), pushed to every socket of the room (that echo is the
 sender's confirmation) and to the owner agent's hub; a queued conversation
-with no owner is offered to the automatic text assignment. Agent replies go
-through ``conversations.outbound``: this service sits in front of the previous
-sender, pushes replies of its conversations to the room and hands other
-channels (and the SMS copy of an SMS conversation) to the sender before it;
+with no owner makes the text queue serve its line (``inbox.serve_waiting``,
+oldest queue entry first). Agent replies go through ``conversations.outbound``:
+this service sits in front of the previous sender, pushes replies of its
+conversations to the room and hands other channels (and the SMS copy of an
+SMS conversation) to the sender before it. A chat reply with no window open
+goes by SMS when the conversation's contact is a phone number (a deflected
+caller who answered our SMS instead of opening the link).
 ``ConversationService.send_message`` records the ``message_out``.
 
 A socket joins its room first, then reads the snapshot of the messages so
@@ -27,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import math
+import re
 import time
 import uuid
 from collections import OrderedDict
@@ -48,6 +52,7 @@ TEXT_CHANNELS = ("sms", "chat")
 MESSAGE_KINDS = ("message_in", "message_out")
 MAX_SNAPSHOT = 200
 FLUSH_TIMEOUT = 5.0
+PHONE = re.compile(r"\+[1-9][0-9]{6,14}")  # E.164, as identities normalise numbers
 SAME_REPLY_WINDOW = 120.0  # seconds between a reply's history row and its push
 
 
@@ -334,7 +339,8 @@ class ChatService:
                 },
             )
         elif conv.status == "queued":
-            await self._services.conversations.assign_text(conv.id)
+            # In line order (original queue entry time): nobody jumps the line.
+            await self._services.inbox.serve_waiting(conv.queue)
         return message
 
     async def on_assigned(self, conv: Conversation, agent: Agent) -> None:
@@ -344,7 +350,13 @@ class ChatService:
     # -- agent -> customer (conversations.outbound) ----------------------------
 
     async def send(self, channel: str, contact: str, text: str, conversation_id: int) -> str:
-        if channel != "chat" and (channel != "sms" or conversation_id not in self._rooms):
+        open_window = conversation_id in self._rooms
+        if channel == "chat" and not open_window and PHONE.fullmatch(contact):
+            # A deflected caller who answered our SMS instead of opening the link
+            # (the chat conversation's contact is their number) gets the reply by SMS.
+            status = await self._fallback("sms", contact, text, conversation_id)
+            return "stored" if status == "no_gateway" else status
+        if channel != "chat" and (channel != "sms" or not open_window):
             return await self._fallback(channel, contact, text, conversation_id)
         status = "delivered"
         if channel == "sms":

@@ -7,10 +7,12 @@ bad frames, and HTML kept as data.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,15 +21,17 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from cti.app import create_app
 from cti.auth import Principal, Role
-from cti.config import Settings
+from cti.config import Settings, SmppLink
 from cti.history import HistoryEntry, timeline
 from cti.keys import SERVICES
+from cti.links.sms import sms_links
 from cti.models import Conversation
 from cti.webchat import chat_link, chat_signer
 from cti.webchat.routes import CHAT, setup_webchat
 from cti.webchat.service import ChatLimits
 from cti.webchat.tokens import ChatTokenSigner
 from tests.functional.cti.conftest import Api
+from tests.peers.smsc import Smsc
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 TIMEOUT = 20
@@ -289,3 +293,55 @@ async def test_link_in_an_sms_conversation_gets_replies_in_the_window(chat_api: 
     live = await recv(ws, "message")
     assert (live["message"]["from"], live["message"]["text"]) == ("agent", "Да")
     await ws.close()
+
+
+async def test_deflected_chat_replies_by_sms_while_no_window_is_open(
+    tmp_path: Path, smsc: Smsc
+) -> None:
+    settings = Settings(
+        db_url=f"sqlite+aiosqlite:///{tmp_path / 'sms.sqlite3'}",
+        data_dir=tmp_path,
+        secret_key="test-secret",
+        history_flush_interval=0.01,
+        smpp=(SmppLink("smpp1", "127.0.0.1", smsc.smpp_port, "cti", "secret"),),
+    )
+    app = create_app(settings)
+    app.cleanup_ctx.append(sms_links())
+    setup_webchat(app)  # after the SMS links, as in build_app
+    client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    try:
+        svc = app[SERVICES]
+        agent = await svc.agents.create("olga", "pw-olga-1234", name="Ольга", queues=["support"])
+        customer = await svc.customers.create("Анна", [])
+        conv, _ = await svc.conversations.open(
+            "chat", customer.id, queue="support", contact="+79161234567"
+        )
+        await svc.conversations.take(conv.id, agent.id)
+        olga = Principal(agent.id, Role.AGENT)
+
+        by_sms = "Ответ по SMS: окно чата закрыто"
+        sent, _ = await svc.conversations.send_message(conv.id, olga, by_sms)
+        assert sent["status"] not in ("stored", "delivered", "no_gateway"), sent
+
+        async def submitted(text: str) -> bool:
+            return any(s["text"] == text for s in smsc.recorded_submits())
+
+        deadline = time.monotonic() + TIMEOUT
+        while not await submitted(by_sms):
+            assert time.monotonic() < deadline, "the SMSC never got the reply"
+            await asyncio.sleep(0.1)
+
+        token = token_of(chat_link(svc, conv.id))
+        ws = await client.ws_connect(f"/api/v1/chat/{token}/ws")
+        snap = await recv(ws, "snapshot")
+        assert [m["text"] for m in snap["messages"]] == [by_sms]
+        in_window = "Ответ в окне чата"
+        sent, _ = await svc.conversations.send_message(conv.id, olga, in_window)
+        assert sent["status"] == "delivered"
+        assert (await recv(ws, "message"))["message"]["text"] == in_window
+        await ws.close()
+        await asyncio.sleep(1.0)  # an SMS would have been submitted by now
+        assert not await submitted(in_window)
+    finally:
+        await client.close()

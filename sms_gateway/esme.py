@@ -217,6 +217,11 @@ class SmppClient:
         self._task: asyncio.Task[None] | None = None
         self._bound = asyncio.Event()
         self._was_bound = False
+        # Failover (SmsChannel moves queued messages off a link that stays down):
+        # a key whose part was ever written to the socket may have reached the SMSC
+        # and is never withdrawn; a withdrawn key is never written again here.
+        self._attempted: set[str] = set()
+        self._withdrawn: set[str] = set()
 
     # -- public API ------------------------------------------------------------
 
@@ -273,6 +278,30 @@ class SmppClient:
         if created:
             self._enqueue(stored)
         return stored
+
+    def withdraw(self, key: str) -> bool:
+        """Take a queued message off this link if no part of it ever left; True if so."""
+        if key in self._attempted:
+            return False
+        self._withdrawn.add(key)
+        self._ready = collections.deque(job for job in self._ready if job.key != key)
+        return True
+
+    def fit(self, message: OutboundSms) -> OutboundSms:
+        """A message moved here from another gateway, split for this link (no part sent)."""
+        _, parts = self.plan_parts(message.text)
+        return replace(
+            message,
+            gateway=self.config.name,
+            source=message.source or self.config.source_addr,
+            smsc_ids=(None,) * len(parts),
+            part_states=(None,) * len(parts),
+        )
+
+    def adopt(self, message: OutboundSms) -> None:
+        """Queue a message already stored for this link (see ``fit``)."""
+        self._withdrawn.discard(message.key)
+        self._enqueue(message)
 
     async def start(self) -> None:
         """Load unfinished messages from the outbox and start the link task."""
@@ -515,9 +544,12 @@ class SmppClient:
             if (
                 message is None
                 or message.status != "queued"
+                or message.gateway != self.config.name
+                or job.key in self._withdrawn
                 or message.smsc_ids[job.index] is not None
             ):
                 continue
+            self._attempted.add(job.key)
             seq = self._next_sequence()
             self._inflight[seq] = (job, time.monotonic())
             self._last_send = time.monotonic()
@@ -555,6 +587,8 @@ class SmppClient:
 
     async def _set_status(self, message: OutboundSms) -> None:
         await self._outbox.update(message)
+        if message.status != "queued":
+            self._attempted.discard(message.key)
         if self._on_status is None:
             return
         try:

@@ -23,16 +23,28 @@ Routes come from ``[[sms_route]]``; with none, every gateway serves every
 number, SMPP links first, in the order configured, with failover to the next
 available one.
 
+Failover of what is already queued: a gateway that stays down longer than
+``failover_after`` seconds gives up its queued messages that never left it (no
+part written to the SMSC socket / handed to the modem): each moves, under the
+same idempotency key, to the best available gateway its routes allow, with a
+``sms_rerouted`` history event. A message with a part that may have reached the
+SMSC stays where it is and goes out when that link is back, so nothing is sent
+twice by the failover itself.
+
 The outbox key of a reply is ``c<conversation id>-<random>``: the conversation
 a receipt belongs to is read back from the key, with no extra lookup table.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -119,8 +131,13 @@ class SmsChannel:
         routes = [
             Route(r.gateway, r.prefixes, r.senders) for r in services.settings.sms_routes
         ] or [Route(name) for name in gateways]
+        self._gateways = gateways
         self._router = SmsRouter(gateways, routes)
         self._previous: OutboundSender = services.conversations.outbound
+        self.failover_after = 30.0
+        self.failover_check = 2.0
+        self._down_since: dict[str, float] = {}
+        self._failover_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         for name, client in self.clients.items():
@@ -132,14 +149,83 @@ class SmsChannel:
             await client.start()
         for modem in self.modems.values():
             await modem.start()
+        if len(self._gateways) > 1:
+            self._failover_task = asyncio.create_task(self._failover_loop(), name="sms-failover")
 
     async def stop(self) -> None:
+        task, self._failover_task = self._failover_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._services.conversations.outbound is self:
             self._services.conversations.outbound = self._previous
         for client in self.clients.values():
             await client.stop()
         for modem in self.modems.values():
             await modem.stop()
+
+    async def _failover_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.failover_check)
+            try:
+                await self.failover_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("SMS failover pass failed")
+
+    async def failover_once(self, now: float | None = None) -> int:
+        """Move queued messages off gateways down for ``failover_after``; how many moved."""
+        now = time.monotonic() if now is None else now
+        moved = 0
+        for name, gateway in self._gateways.items():
+            if gateway.available:
+                self._down_since.pop(name, None)
+                continue
+            if now - self._down_since.setdefault(name, now) < self.failover_after:
+                continue
+            for message in await self._outbox.unfinished(name):
+                if any(part is not None for part in message.smsc_ids):
+                    continue
+                targets = [
+                    other for other in self._router.candidates(
+                        message.destination, message.source or None
+                    )
+                    if other != name and self._gateways[other].available
+                ]
+                if not targets or not gateway.withdraw(message.key):
+                    continue
+                target = self._gateways[targets[0]]
+                if isinstance(gateway, SmppClient) and not message.destination.startswith("+"):
+                    # The ESME stores digits only and sends them as TON international;
+                    # a modem takes the "+" as the TPDU's international type of number.
+                    message = replace(message, destination=f"+{message.destination}")
+                try:
+                    fitted = target.fit(message)
+                except SmsEncodingError as exc:
+                    log.warning("SMS %s cannot move to %s: %s", message.key, target.name, exc)
+                    gateway.adopt(message)
+                    continue
+                await self._outbox.update(fitted)
+                target.adopt(fitted)
+                moved += 1
+                log.info("SMS %s moved from %s (down) to %s", message.key, name, target.name)
+                conversation_id = conversation_of(message.key)
+                if conversation_id is not None:
+                    conv = await self._services.conversations.get(conversation_id)
+                    await self._services.history.add(
+                        HistoryEntry(
+                            customer_id=conv.customer_id,
+                            conversation_id=conv.id,
+                            kind="sms_rerouted",
+                            channel="sms",
+                            payload={"message_ref": message.key, "from": name,
+                                     "to": target.name},
+                            dedup_key=f"sms-reroute:{message.key}:{target.name}",
+                        )
+                    )
+        return moved
 
     @staticmethod
     def _modem_probe(modem: ModemGateway) -> LinkProbe:
@@ -324,11 +410,13 @@ class SmsChannel:
 
 
 def sms_links(
-    tuning: SmppTuning = default_config, modem_tuning: ModemTuning = default_modem_config
+    tuning: SmppTuning = default_config,
+    modem_tuning: ModemTuning = default_modem_config,
+    running: list[SmsChannel] | None = None,
 ) -> CleanupCtx:
     """A cleanup_ctx running every configured SMPP link and GSM modem; ``tuning`` builds
     each link's ``SmppConfig`` (window, TPS, source address, max parts...),
-    ``modem_tuning`` each modem's ``ModemConfig``."""
+    ``modem_tuning`` each modem's ``ModemConfig``; ``running`` receives the channel."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         services = app[SERVICES]
@@ -341,6 +429,8 @@ def sms_links(
             [tuning(link) for link in settings.smpp],
             [modem_tuning(modem) for modem in settings.modems],
         )
+        if running is not None:
+            running.append(channel)
         await channel.start()
         try:
             yield

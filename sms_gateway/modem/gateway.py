@@ -72,6 +72,7 @@ class ModemGateway:
         self._queue: deque[OutboundSms] = deque()
         self._queued = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sending = False  # the head of the queue is in the driver's hands
 
     @property
     def name(self) -> str:
@@ -109,6 +110,25 @@ class ModemGateway:
             self._enqueue(stored)
         return stored
 
+    def withdraw(self, key: str) -> bool:
+        """Take a queued message off this modem if the driver does not hold it yet."""
+        for index, message in enumerate(self._queue):
+            if message.key == key:
+                if index == 0 and self._sending:
+                    return False
+                del self._queue[index]
+                return True
+        return False
+
+    def fit(self, message: OutboundSms) -> OutboundSms:
+        """A message moved here from another gateway, split for this modem."""
+        parts = self.plan_parts(message.text)
+        return replace(message, gateway=self.name, smsc_ids=(None,) * len(parts),
+                       part_states=(None,) * len(parts))
+
+    def adopt(self, message: OutboundSms) -> None:
+        self._enqueue(message)
+
     async def start(self) -> None:
         for message in await self._outbox.unfinished(self.name):
             self._enqueue(message)
@@ -144,6 +164,7 @@ class ModemGateway:
                 self._queued.clear()
                 await self._queued.wait()
             message = self._queue[0]
+            self._sending = True
             try:
                 result = await self.modem.send(
                     message.destination, message.text, message_id=message.key
@@ -157,6 +178,8 @@ class ModemGateway:
                 refs = [f"{self.name}:{mr}" for mr in result.references]
                 ids = tuple(refs[i] if i < len(refs) else None for i in range(message.parts))
                 done = replace(message, status="submitted", smsc_ids=ids)
+            finally:
+                self._sending = False
             self._queue.popleft()
             await self._store(done)
 

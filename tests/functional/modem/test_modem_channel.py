@@ -18,12 +18,24 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from sqlalchemy import select
 
 from cti.app import create_app
-from cti.config import BootstrapAdmin, ConfigError, ModemLink, Settings, load_settings
-from cti.links.sms import default_modem_config, sms_links
+from cti.config import (
+    BootstrapAdmin,
+    ConfigError,
+    ModemLink,
+    Settings,
+    SmppLink,
+    load_settings,
+)
+from cti.keys import SERVICES
+from cti.links.sms import SmsChannel, default_modem_config, sms_links
+from cti.models import HistoryEvent
 from sms_gateway.modem.driver import ModemConfig
+from sms_gateway.outbox import OutboundSms
 from tests.modem_emulator import ModemEmulator
+from tests.peers.ports import free_port
 
 from .conftest import FAST
 
@@ -149,5 +161,63 @@ async def test_modem_channel_end_to_end(
         (call,) = await until("the missed call in the history", missed)
         assert call["payload"]["number"] == CUSTOMER and call["payload"]["via"] == "modem:gsm1"
         await ws.close()
+    finally:
+        await client.close()
+
+
+async def test_queued_reply_moves_to_the_modem_when_the_smpp_link_stays_down(
+    db_url: str, tmp_path: Path, emulator_factory: Callable[..., ModemEmulator]
+) -> None:
+    emulator = emulator_factory(auto_status_report=0)
+    dead = free_port(host="127.0.0.1")  # nothing listens: the SMPP link never binds
+    settings = Settings(
+        db_url=db_url, data_dir=tmp_path, secret_key="test-secret",
+        bootstrap_admin=BootstrapAdmin(*ADMIN), history_flush_interval=0.01,
+        smpp=(SmppLink("op", "127.0.0.1", dead, "cti", "secret"),),
+        modems=(ModemLink("gsm1", str(emulator.link)),),
+    )
+    running: list[SmsChannel] = []
+    app = create_app(settings)
+    app.cleanup_ctx.append(sms_links(modem_tuning=fast, running=running))
+    client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    try:
+        (channel,) = running
+        channel.failover_after, channel.failover_check = 1.0, 0.2
+        services = app[SERVICES]
+        customer, _ = await services.customers.identify("phone", CUSTOMER)
+        conv, _ = await services.conversations.open("sms", customer.id, contact=CUSTOMER)
+
+        async def modem_up() -> bool:
+            return channel.modems["gsm1"].available
+
+        await until("the modem to come online", modem_up)
+        emulator.unplug()
+
+        async def modem_down() -> bool:
+            return not channel.modems["gsm1"].available
+
+        await until("the modem to go down", modem_down)
+        # Both gateways down: the reply is queued on the best route, the SMPP link.
+        status = await channel.send("sms", CUSTOMER, REPLY, conv.id)
+        assert status == "queued"
+        (queued,) = [m for m in await channel._outbox.unfinished("op")]
+        assert queued.text == REPLY and queued.gateway == "op"
+        emulator.replug()
+
+        async def delivered() -> list[OutboundSms]:
+            message = await channel._outbox.get(queued.key)
+            return [message] if message is not None and message.status == "delivered" else []
+
+        (done,) = await until("the moved reply to be delivered", delivered, within=40.0)
+        assert done.gateway == "gsm1" and done.parts == 3
+        parts = [s for s in emulator.submits if s.destination == CUSTOMER]
+        assert "".join(p.text for p in parts) == REPLY
+        assert await channel._outbox.unfinished("op") == []
+        await services.history.flush()
+        async with services.sessions() as session:
+            kinds = (await session.scalars(
+                select(HistoryEvent.kind).where(HistoryEvent.conversation_id == conv.id))).all()
+        assert "sms_rerouted" in kinds
     finally:
         await client.close()

@@ -25,11 +25,13 @@ from cti.keys import SERVICES
 from cti.lab import LabPbx
 from cti.links.pbx import PBX_LINKS
 from cti.serve import build_app
+from cti.wallboard import member_state, sla_state
 from pbx.actions import PbxError
+from pbx.state import MemberSnapshot
 from tests.integration.desk.conftest import PASSWORD
 from tests.peers.browser import DeskBrowser
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.timeout(240)]
 
 TIMEOUT = 40.0
 AGENT = "PJSIP/agent1"
@@ -48,6 +50,7 @@ def wait_seconds(text: str) -> int:
     return int(minutes) * 60 + int(seconds)
 
 
+@pytest.mark.integration
 async def test_wallboard_live_queue_pause_and_sla(
     tmp_path: Path, lab_pbx: LabPbx, desk_browser: DeskBrowser, sipp_caller: Any,
     phone_factory: Any,
@@ -139,4 +142,84 @@ async def test_wallboard_live_queue_pause_and_sla(
     finally:
         with contextlib.suppress(PbxError):
             await link.queue_pause(AGENT, False, "support")
+        await server.close()
+
+
+def test_member_and_sla_states() -> None:
+    def m(device: str, *, paused: bool = False, in_call: bool = False) -> MemberSnapshot:
+        return MemberSnapshot("PJSIP/a", "a", device, paused, "r", in_call, 0)
+
+    assert member_state(m("NOT_INUSE")) == "available"
+    assert member_state(m("NOT_INUSE"), wrapup=True) == "wrapup"
+    assert member_state(m("INUSE")) == "on_call"
+    assert member_state(m("NOT_INUSE", in_call=True)) == "on_call"
+    assert member_state(m("RINGING")) == "ringing"
+    assert member_state(m("INUSE", paused=True)) == "paused"
+    assert member_state(m("UNAVAILABLE", paused=True)) == "logged_out"
+    assert sla_state(60, 0, None, 10) == "ok"
+    assert sla_state(60, 0, None, 30) == "amber"
+    assert sla_state(60, 0, None, 60) == "red"
+    assert sla_state(60, 0, 59, 500) == "met"
+    assert sla_state(60, 0, 61, 500) == "breached"
+
+
+async def test_wallboard_api_and_pushes_without_pbx(tmp_path: Path) -> None:
+    settings = Settings(db_url=f"sqlite+aiosqlite:///{tmp_path / 'wb.sqlite3'}",
+                        data_dir=tmp_path, secret_key="wallboard-secret",
+                        history_flush_interval=0.01, sms_first_reply_sla=900.0)
+    app = build_app(settings)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    services = app[SERVICES]
+    base = str(server.make_url("")).rstrip("/")
+    try:
+        await services.agents.create("agent1", PASSWORD, name="Agent 1")
+        await services.agents.create("boss", PASSWORD, name="Boss", role=Role.SUPERVISOR)
+        chat = await services.inbox.receive("chat", "visitor@example.org", "hi",
+                                            kind="email", name="Visitor")
+        sms = await services.inbox.receive("sms", "+79167654321", "hello", name="Пётр")
+        async with aiohttp.ClientSession(base) as http:
+            async def token(login: str) -> str:
+                resp = await http.post("/api/v1/auth/token",
+                                       json={"login": login, "password": PASSWORD})
+                assert resp.status == 200, await resp.text()
+                return str((await resp.json())["token"])
+
+            boss, agent = await token("boss"), await token("agent1")
+            resp = await http.get("/api/v1/wallboard")
+            assert resp.status == 401
+            resp = await http.get("/api/v1/wallboard", headers={"Authorization": f"Bearer {boss}"})
+            assert resp.status == 200, await resp.text()
+            snap = await resp.json()
+            assert snap["queues"] == []
+            assert snap["today"]["calls_handled"] == 0 and snap["today"]["texts"] == 2
+            by_id = {c["id"]: c for c in snap["conversations"]}
+            assert by_id[chat.id]["sla"] == {"target": 60.0, "state": "ok"}
+            assert by_id[sms.id]["sla"] == {"target": 900.0, "state": "ok"}
+            assert by_id[sms.id]["customer"] == "Пётр" and by_id[sms.id]["owner"] == "Agent 1"
+
+            sup = await http.ws_connect("/api/v1/events",
+                                        params={"token": boss, "client": "wallboard"})
+            ag = await http.ws_connect("/api/v1/events", params={"token": agent})
+            for ws in (sup, ag):
+                assert (await ws.receive_json(timeout=10))["type"] == "hello"
+            pushed = await sup.receive_json(timeout=10)
+            assert pushed["type"] == "wallboard" and "seq" not in pushed
+            assert {c["id"] for c in pushed["conversations"]} == {chat.id, sms.id}
+            # Nothing changes (waits are rounded to 0.1 s, so they change): the pushes
+            # stay at most one a second, and agents never get them.
+            started, count = time.monotonic(), 0
+            while time.monotonic() - started < 3.0:
+                with contextlib.suppress(TimeoutError):
+                    msg = await sup.receive_json(timeout=0.5)
+                    assert msg["type"] == "wallboard"
+                    count += 1
+            assert 1 <= count <= 4, count
+            with pytest.raises(TimeoutError):
+                while True:
+                    msg = await ag.receive_json(timeout=0.5)
+                    assert msg["type"] != "wallboard", msg
+            await sup.close()
+            await ag.close()
+    finally:
         await server.close()

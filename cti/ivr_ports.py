@@ -64,6 +64,7 @@ REFERENCE_CANDIDATES = 20
 AHT_CALLS = 20  # recent answered calls averaged for the handle time
 AHT_SCAN = 500  # call_ended events scanned (newest first) to find them
 MAX_CHOICES = 200
+UNSENT = frozenset({"no_gateway", "failed", "refused"})
 LOGGED_OUT_STATES = frozenset({"UNAVAILABLE", "INVALID", "UNKNOWN"})
 
 LinksOf = Callable[[], Iterable[AmiLink]]
@@ -384,16 +385,20 @@ class TextDeflection:
             )
             link = self._chat_link(conv.id)
             text = SMS_TEXT[_language(request.language)].format(link=link)
-            status = await services.conversations.outbound.send("sms", contact, text, conv.id)
+            try:
+                status = await services.conversations.outbound.send("sms", contact, text, conv.id)
+                if status in UNSENT:
+                    raise PortError(f"the SMS with the chat link was not sent ({status})")
+            except (DomainError, PortError) as exc:
+                # The caller goes back into the queue: nobody is waiting in this chat.
+                await services.inbox.cancel_deflection(conv.id, str(exc))
+                raise
             if call_ref is not None:
                 await services.calls.mark_deflected(call_ref, conv.id, request.queue)
             await services.inbox.serve_waiting(request.queue or None)
         except DomainError as exc:
             raise PortError(exc.message) from exc
-        sent = status not in ("no_gateway", "failed", "refused")
-        if not sent:
-            log.warning("IVR %s: deflection SMS not sent (%s)", request.call_id, status)
-        return DeflectionResult(str(conv.id), sms_sent=sent)
+        return DeflectionResult(str(conv.id), sms_sent=True)
 
     def _chat_link(self, conversation_id: int) -> str:
         return chat_link(self._services, conversation_id)

@@ -28,7 +28,7 @@ from cti.errors import InvalidInput, NotFound
 from cti.history import HistoryEntry, HistoryWriter
 from cti.hub import EventHub
 from cti.identities import IdentityKind
-from cti.models import Agent, Conversation
+from cti.models import Agent, Conversation, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -252,3 +252,28 @@ class TextInbox:
             if available:
                 await self.serve_waiting()
         return changed
+
+    async def cancel_deflection(self, conversation_id: int, reason: str) -> None:
+        """The deflection failed after its conversation was opened (the SMS could not
+        be sent): close it unless someone took it meanwhile."""
+        conv = await self._conversations.get(conversation_id)
+        async with self._sessions() as session, session.begin():
+            result = await session.execute(
+                update(Conversation)
+                .where(Conversation.id == conversation_id, Conversation.status == "queued")
+                # Frees the call's external_ref: a later press of 1 deflects afresh.
+                .values(status="closed", closed_at=utcnow(),
+                        external_ref=f"failed:{conversation_id}:{conv.external_ref}"[:160])
+                .execution_options(synchronize_session=False)
+            )
+            closed = bool(result.rowcount)  # type: ignore[attr-defined]
+        if closed:
+            await self._history.add(
+                HistoryEntry(
+                    customer_id=conv.customer_id,
+                    conversation_id=conv.id,
+                    kind="deflection_failed",
+                    channel=conv.channel,
+                    payload={"reason": reason[:200]},
+                )
+            )

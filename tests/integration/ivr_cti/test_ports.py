@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from cti.config import Settings
 from cti.customers import ContactInput
@@ -16,9 +17,11 @@ from cti.ivr_ports import (
     IvrHistoryPort,
     LiveQueueStatistics,
     OrderServicePort,
+    TextDeflection,
 )
+from cti.models import Conversation
 from cti.services import Services
-from ivr.ports import IvrChoice, OrderState
+from ivr.ports import DeflectionRequest, IvrChoice, OrderState, PortError
 from pbx.changes import CallEnded, CallStarted, Durations
 from pbx.link import AmiLink
 
@@ -100,3 +103,21 @@ async def test_history_round_trip_and_recent_aht(services: Services) -> None:
     assert await stats.recent_aht("support") == pytest.approx(160.0)  # (120 + 200) / 2
     snapshot = await stats.queue_stats("support", "PJSIP/trunk-1")
     assert (snapshot.waiting, snapshot.agents_logged_in, snapshot.position) == (0, 0, None)
+
+
+async def test_deflection_without_sms_gateway_fails_cleanly(services: Services) -> None:
+    """No SMS gateway: PortError (the flow re-queues the caller), the opened chat
+    conversation is closed, the call is not marked deflected, a retry starts afresh."""
+    row = await services.customers.create("Anna", [ContactInput("phone", PHONE)])
+    deflection = TextDeflection(services, no_links)
+    request = DeflectionRequest("1700.9", "89161234567", "support", 1000.0, str(row.id), "en",
+                                ())
+    for _ in range(2):
+        with pytest.raises(PortError, match="no_gateway"):
+            await deflection.deflect_to_text(request)
+    assert await services.conversations.queued("support") == []
+    assert await services.calls.deflected_to("1700.9") is None
+    await services.history.flush()
+    async with services.sessions() as session:
+        convs = list(await session.scalars(select(Conversation)))
+    assert [(c.channel, c.status, c.contact) for c in convs] == [("chat", "closed", PHONE)] * 2

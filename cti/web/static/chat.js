@@ -194,6 +194,16 @@ $("chat-form").addEventListener("submit", send);
 $("chat-text").addEventListener("keydown", (ev) => {
   if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) send(ev);
 });
+// A phone that slept or changed network: retry now rather than at the next backoff step.
+function retryNow() {
+  if (finished || ws || document.visibilityState !== "visible") return;
+  if (reconnectTimer) clearTimeout(reconnectTimer);
+  reconnectTimer = null;
+  backoff = 1000;
+  scheduleReconnect();
+}
+document.addEventListener("visibilitychange", retryNow);
+window.addEventListener("online", retryNow);
 setInterval(() => {
   if (!finished && ws && ws.readyState === WebSocket.OPEN) checkLink();
 }, 15000);

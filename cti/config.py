@@ -107,6 +107,9 @@ class Settings:
     chat_token_ttl: float = 24 * 3600.0
     callback_attempts: int = 3
     callback_retry_delay: float = 120.0
+    # IVR: seconds to wait for a key after a prompt, and repeats before the default route.
+    ivr_digit_timeout: float = 5.0
+    ivr_retries: int = 2
     # First-reply target of an SMS conversation (wallboard SLA; chat is 60 s).
     sms_first_reply_sla: float = 900.0
     # This node's name in a cluster (leases, bus, health); default hostname-pid.
@@ -269,6 +272,13 @@ def _from_file(path: Path) -> dict[str, Any]:
         values["callback_attempts"] = int(n)
     if (n := _number(callbacks, "retry_delay", "callbacks", 1, 86400)) is not None:
         values["callback_retry_delay"] = n
+    ivr = data.get("ivr", {})
+    if not isinstance(ivr, dict):
+        raise ConfigError("[ivr] must be a table")
+    if (n := _number(ivr, "digit_timeout", "ivr", 0.5, 60)) is not None:
+        values["ivr_digit_timeout"] = n
+    if (n := _number(ivr, "retries", "ivr", 0, 5)) is not None:
+        values["ivr_retries"] = int(n)
     values["ami"] = _list_of_links(data, "pbx", parse_ami_url, "ami_url")
     values["smpp"] = _list_of_links(data, "smpp", parse_smpp_url, "smpp_url")
     values["modems"] = _modems(data)
@@ -353,6 +363,16 @@ def _list_of_links(data: Mapping[str, Any], key: str, parse: Any, url_key: str) 
     return tuple(out)
 
 
+def _env_number(value: str, name: str, lo: float, hi: float) -> float:
+    try:
+        n = float(value)
+    except ValueError:
+        n = lo - 1
+    if not lo <= n <= hi:
+        raise ConfigError(f"{name}: a number, {lo:g}..{hi:g}")
+    return n
+
+
 def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Build the settings from an optional TOML file, then the environment."""
     env = os.environ if environ is None else environ
@@ -389,6 +409,10 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         if not 1 <= sla <= 7 * 86400:
             raise ConfigError("CTI_SMS_FIRST_REPLY_SLA: seconds, 1..604800")
         values["sms_first_reply_sla"] = sla
+    if v := env.get("CTI_IVR_DIGIT_TIMEOUT"):
+        values["ivr_digit_timeout"] = _env_number(v, "CTI_IVR_DIGIT_TIMEOUT", 0.5, 60)
+    if v := env.get("CTI_IVR_RETRIES"):
+        values["ivr_retries"] = int(_env_number(v, "CTI_IVR_RETRIES", 0, 5))
     settings = Settings(**values)
     _check_gateways(settings)
     return settings

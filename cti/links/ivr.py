@@ -4,8 +4,10 @@
 (``CTI_AGI_LISTEN``) is set, starts the FastAGI server there with the flows of
 ``ivr.flows.default_routes`` and the ports of :mod:`cti.ivr_ports`, registers the
 ``ivr`` link in health and closes the server on shutdown (running sessions get
-their grace period). With ``--lab`` and no ``agi_listen`` a free loopback port is
-picked and handed to the lab PBX, whose dialplan then calls this server.
+their grace period). ``settings.ivr_digit_timeout`` / ``ivr_retries``
+(``[ivr]``, ``CTI_IVR_DIGIT_TIMEOUT`` / ``CTI_IVR_RETRIES``) tune the prompts.
+With ``--lab`` and no ``agi_listen`` a free loopback port is picked and handed
+to the lab PBX, whose dialplan then calls this server.
 
 Allow-list: only Asterisk may open AGI sessions: 127.0.0.1 and ::1, plus every
 configured AMI host (``settings.ami``) as written and as resolved at start.
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 IVR_SERVER: web.AppKey[list[FastAgiServer]] = web.AppKey("ivr_server")
 LOOPBACK = frozenset({"127.0.0.1", "::1"})
 RESOLVE_TIMEOUT = 5.0
+MAX_FOLLOWED = 10_000
 
 
 def free_loopback_port() -> int:
@@ -111,13 +114,20 @@ def _probe(server: FastAgiServer, listen: HostPort) -> Any:
 
 
 def _pause_follower(app: web.Application, services: Services) -> Any:
+    seen: dict[str, bool] = {}  # interface -> paused, as last applied
+
     async def on_change(change: Change) -> None:
         if not isinstance(change, QueueMemberChanged):
             return
         registry = app.get(PBX_LINKS)
         links = list(registry.links.values()) if registry is not None else []
-        status = member_status(links, change.interface)
-        await services.inbox.set_text_available(change.interface, not status["paused"])
+        paused = bool(member_status(links, change.interface)["paused"])
+        if seen.get(change.interface) is paused:
+            return  # device-state churn: nothing to apply
+        if len(seen) >= MAX_FOLLOWED:
+            seen.clear()
+        seen[change.interface] = paused
+        await services.inbox.set_text_available(change.interface, not paused)
 
     return on_change
 
@@ -162,4 +172,6 @@ def setup_ivr(app: web.Application, *, lab: bool = False, config: IvrConfig | No
         app[LAB_AGI_LISTEN] = listen
     if IVR_SERVER not in app:
         app[IVR_SERVER] = []
-    app.cleanup_ctx.append(ivr_ctx(listen, config or IvrConfig()))
+    if config is None:
+        config = IvrConfig(digit_timeout=settings.ivr_digit_timeout, retries=settings.ivr_retries)
+    app.cleanup_ctx.append(ivr_ctx(listen, config))

@@ -17,12 +17,24 @@ from datetime import datetime
 from typing import Any, cast, get_args
 
 from sqlalchemy import JSON as SaJSON
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, delete, select
+from sqlalchemy import (
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    delete,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cti.models import Base, BigId, UtcDateTime, utcnow
+from sms_gateway.mo import StoredPart
 from sms_gateway.outbox import MessageStatus, OutboundSms
 from sms_gateway.receipts import PartState, normalize_id
 
@@ -176,3 +188,67 @@ class DatabaseOutbox:
             if found is None:
                 return None
             return _to_message(found[0]), int(found[1])
+
+
+class SmsMoPart(Base):
+    """A part of a multipart MO message the ESME acknowledged, waiting for the rest."""
+
+    __tablename__ = "sms_mo_parts"
+    __table_args__ = (
+        UniqueConstraint("link", "source", "destination", "reference", "total", "sequence",
+                         name="uq_sms_mo_parts_part"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    link: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(32))
+    destination: Mapped[str] = mapped_column(String(32))
+    reference: Mapped[int] = mapped_column(Integer)
+    total: Mapped[int] = mapped_column(Integer)
+    sequence: Mapped[int] = mapped_column(Integer)
+    data_coding: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    received_at: Mapped[float] = mapped_column(Float)
+
+
+MAX_MO_PART_BYTES = 1024  # a short_message is at most 254 octets, message_payload more
+
+
+class DatabaseMoParts:
+    """``sms_gateway.mo.MoPartStore`` on the cti database (every call has committed)."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def save(self, link: str, part: StoredPart) -> None:
+        if (len(part.payload) > MAX_MO_PART_BYTES or len(part.source) > 32
+                or len(part.destination) > 32 or len(link) > 64):
+            raise OutboxDataError("MO part too large to keep")
+        async with self._sessions() as session:
+            dialect = session.bind.dialect.name if session.bind is not None else ""
+            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            await session.execute(
+                insert(SmsMoPart)
+                .values(link=link, source=part.source, destination=part.destination,
+                        reference=part.reference, total=part.total, sequence=part.sequence,
+                        data_coding=part.data_coding, payload=part.payload,
+                        received_at=part.received_at)
+                .on_conflict_do_nothing(index_elements=[
+                    "link", "source", "destination", "reference", "total", "sequence"])
+            )
+            await session.commit()
+
+    async def forget(
+        self, link: str, source: str, destination: str, reference: int, total: int
+    ) -> None:
+        async with self._sessions() as session, session.begin():
+            await session.execute(delete(SmsMoPart).where(
+                SmsMoPart.link == link, SmsMoPart.source == source,
+                SmsMoPart.destination == destination, SmsMoPart.reference == reference,
+                SmsMoPart.total == total))
+
+    async def pending(self, link: str) -> list[StoredPart]:
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(SmsMoPart).where(SmsMoPart.link == link).order_by(SmsMoPart.id))
+            return [StoredPart(r.source, r.destination, r.reference, r.total, r.sequence,
+                               r.data_coding, bytes(r.payload), r.received_at) for r in rows]

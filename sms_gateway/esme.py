@@ -46,7 +46,7 @@ from sms_gateway.encoding import (
     encode_text,
     split_text,
 )
-from sms_gateway.mo import IncomingSms, MoReassembler
+from sms_gateway.mo import IncomingSms, MoPartStore, MoReassembler, StoredPart, multipart_info
 from sms_gateway.outbox import FINAL_STATUSES, OutboundSms, OutboxStore
 from sms_gateway.receipts import FINAL_STATES as FINAL_PART_STATES
 from sms_gateway.receipts import ReceiptError, combine_states, id_forms, parse_receipt
@@ -188,9 +188,11 @@ class SmppClient:
         *,
         on_status: StatusCallback | None = None,
         on_incoming: IncomingCallback | None = None,
+        mo_parts: MoPartStore | None = None,
     ) -> None:
         self.config = config
         self._outbox = outbox
+        self._mo_parts = mo_parts
         self._on_status = on_status
         self._on_incoming = on_incoming
         self._ready: collections.deque[_PartJob] = collections.deque()
@@ -303,8 +305,32 @@ class SmppClient:
         self._withdrawn.discard(message.key)
         self._enqueue(message)
 
+    async def _restore_mo_parts(self) -> None:
+        if self._mo_parts is None:
+            return
+        now, wall = time.monotonic(), time.time()
+        for part in await self._mo_parts.pending(self.config.name):
+            first_seen = now - max(0.0, wall - part.received_at)
+            for message in self._mo.restore(part, first_seen):
+                await self._hand_over(message)
+
+    async def _hand_over(self, message: IncomingSms) -> bool:
+        """Deliver one reassembled message; forget its saved parts once delivered."""
+        if not await self._deliver_incoming(message):
+            self._undelivered.append(message)
+            return False
+        await self._forget_parts(message)
+        return True
+
+    async def _forget_parts(self, message: IncomingSms) -> None:
+        if self._mo_parts is None or message.reference is None:
+            return
+        await self._mo_parts.forget(self.config.name, message.source, message.destination,
+                                    message.reference, message.parts_expected)
+
     async def start(self) -> None:
         """Load unfinished messages from the outbox and start the link task."""
+        await self._restore_mo_parts()
         for message in await self._outbox.unfinished(self.config.name):
             try:
                 self._enqueue(message)
@@ -612,12 +638,25 @@ class SmppClient:
         # SMSC redelivers it; a reassembled one exists only here, so it is kept and
         # retried by the watchdog (the SMSC already has our response to its parts).
         status = P.ESME_ROK
+        part = multipart_info(sm)
+        if part is not None and self._mo_parts is not None and not self._mo.seen(sm):
+            reference, total, sequence, payload = part
+            try:
+                await self._mo_parts.save(self.config.name, StoredPart(
+                    sm.source_addr, sm.destination_addr, reference, total, sequence,
+                    sm.data_coding, payload, time.time()))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Not saved: refuse it, the SMSC redelivers the part later.
+                log.exception("%s: saving an MO part failed", self.config.name)
+                return P.ESME_RX_T_APPN
         for message in self._mo.add(sm, time.monotonic()):
-            if not await self._deliver_incoming(message):
-                if message.parts_expected == 1:
+            if message.parts_expected == 1:
+                if not await self._deliver_incoming(message):
                     status = P.ESME_RX_T_APPN
-                else:
-                    self._undelivered.append(message)
+            else:
+                await self._hand_over(message)
         return status
 
     async def _deliver_incoming(self, message: IncomingSms) -> bool:
@@ -674,8 +713,7 @@ class SmppClient:
                     retry, self._undelivered = self._undelivered, []
                     self._next_mo_retry = now + MO_RETRY_INTERVAL
                 for incoming in retry + self._mo.expire(now):
-                    if not await self._deliver_incoming(incoming):
-                        self._undelivered.append(incoming)
+                    await self._hand_over(incoming)
                 oldest = min((sent for _, sent in self._inflight.values()), default=now)
                 if now - oldest > self.config.response_timeout:
                     raise _SessionEnded("submit_sm unanswered")

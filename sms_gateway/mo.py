@@ -16,7 +16,7 @@ clock is passed in, so the class is pure and testable.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from sms_gateway.encoding import (
     UdhError,
@@ -46,6 +46,45 @@ class IncomingSms:
     parts_expected: int
     parts_received: int
     complete: bool
+    reference: int | None = None  # the concatenation reference of a multipart message
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPart:
+    """One part of a multipart MO message waiting for its siblings (``MoPartStore``)."""
+
+    source: str
+    destination: str
+    reference: int
+    total: int
+    sequence: int
+    data_coding: int
+    payload: bytes
+    received_at: float  # POSIX seconds of the first part of the message
+
+
+class MoPartStore(Protocol):
+    """Durable parts: a part the ESME acknowledged (deliver_sm_resp OK) is the
+    gateway's to keep, so it is saved before the response goes out and forgotten
+    once its message was handed over; a restart reassembles what was saved."""
+
+    async def save(self, link: str, part: StoredPart) -> None:
+        """Idempotent per (link, source, destination, reference, total, sequence)."""
+        ...
+
+    async def forget(
+        self, link: str, source: str, destination: str, reference: int, total: int
+    ) -> None: ...
+
+    async def pending(self, link: str) -> list[StoredPart]: ...
+
+
+def multipart_info(sm: ShortMessage) -> tuple[int, int, int, bytes] | None:
+    """(reference, total, sequence, payload) when ``sm`` is one part of several."""
+    info, payload = _part_of(sm)
+    if info is None or info[1] == 1:
+        return None
+    return (*info, payload)
 
 
 @dataclass(slots=True)
@@ -127,6 +166,29 @@ class MoReassembler:
             out.append(self._emit(key))
         return out
 
+    def seen(self, sm: ShortMessage) -> bool:
+        """This part is already held, or belongs to a message completed recently."""
+        info, payload = _part_of(sm)
+        if info is None or info[1] == 1:
+            return False
+        ref, total, seq = info
+        key = (sm.source_addr, sm.destination_addr, ref, total)
+        pending = self._pending.get(key)
+        if pending is not None:
+            return seq in pending.parts
+        done = self._completed.get(key)
+        return done is not None and done.parts.get(seq) == payload
+
+    def restore(self, part: StoredPart, first_seen: float) -> list[IncomingSms]:
+        """Put back a part saved before a restart (``first_seen`` on this clock)."""
+        key = (part.source, part.destination, part.reference, part.total)
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = _Pending(first_seen, part.total, part.data_coding)
+        pending.first_seen = min(pending.first_seen, first_seen)
+        pending.parts.setdefault(part.sequence, part.payload)
+        return [self._emit(key)] if len(pending.parts) == part.total else []
+
     def expire(self, now: float) -> list[IncomingSms]:
         for k in [k for k, p in self._completed.items() if now - p.first_seen >= self._timeout]:
             del self._completed[k]
@@ -147,4 +209,5 @@ class MoReassembler:
             parts_expected=pending.total,
             parts_received=len(pending.parts),
             complete=len(pending.parts) == pending.total,
+            reference=key[2],
         )

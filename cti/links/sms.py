@@ -59,7 +59,7 @@ from cti.keys import SERVICES
 from cti.messaging import MAX_INBOUND_TEXT
 from cti.models import Conversation
 from cti.services import LinkProbe, Services
-from cti.sms_outbox import DatabaseOutbox
+from cti.sms_outbox import DatabaseMoParts, DatabaseOutbox
 from sms_gateway.encoding import EmptyMessageError, MessageTooLongError, SmsEncodingError
 from sms_gateway.esme import InvalidDestinationError, SmppClient, SmppConfig
 from sms_gateway.mo import IncomingSms
@@ -113,7 +113,11 @@ class SmsChannel:
         self._outbox = DatabaseOutbox(services.sessions)
         self.clients: dict[str, SmppClient] = {
             config.name: SmppClient(
-                config, self._outbox, on_status=self.on_status, on_incoming=self.on_incoming
+                config,
+                self._outbox,
+                on_status=self.on_status,
+                on_incoming=self.on_incoming,
+                mo_parts=DatabaseMoParts(services.sessions),
             )
             for config in configs
         }

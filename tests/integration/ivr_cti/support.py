@@ -197,6 +197,8 @@ async def server(lab_pbx: LabPbx, smsc: Smsc, tmp_path: Path) -> AsyncIterator[S
         secret_key="test-secret",
         bootstrap_admin=BootstrapAdmin(*ADMIN),
         history_flush_interval=0.01,
+        ivr_digit_timeout=2.0,
+        ivr_retries=1,
         ami=(AmiServer("lab", lab_pbx.host, lab_pbx.ami_port, lab_pbx.ami_user,
                        lab_pbx.ami_secret),),
         agi_listen=HostPort(lab_pbx.agi_host, lab_pbx.agi_port),

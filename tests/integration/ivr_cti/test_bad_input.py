@@ -1,5 +1,5 @@
-"""Bad input through ``cti serve``'s IVR: a caller hanging up mid-prompt, an AGI
-connection from a host that is not an allowed Asterisk."""
+"""Bad input through ``cti serve``'s IVR: a caller hanging up mid-prompt, a caller
+who presses nothing, an AGI connection from a host that is not an allowed Asterisk."""
 
 from __future__ import annotations
 
@@ -38,6 +38,31 @@ async def test_hangup_mid_prompt_is_recorded_where(
 
     await until("the AGI session to end", idle)
     assert server.agi.counters.flow_errors == 0
+
+
+async def test_no_dtmf_retries_then_default_route(
+    server: Server, sipp_caller: SippFactory
+) -> None:
+    """Nothing pressed: each menu is repeated (retries=1), then the default route:
+    English, and the queue of the dialled number (200: sales)."""
+    number = "+79161114455"
+    customer_id = await server.customer("Silent Caller", number)
+    caller = sipp_caller(number="200", caller_number=number, caller_name="Silent Caller",
+                         hangup_after=120.0)
+
+    async def queued() -> bool:
+        return server.waiting_channel(number, "sales") is not None
+
+    await until("the silent caller in the sales queue", queued, within=90)
+    choices = [(e["payload"]["step"], e["payload"]["value"])
+               for e in reversed(await server.history(customer_id)) if e["kind"] == "ivr_choice"]
+    assert choices[:5] == [("start", "dialled:200"), ("language", "default:en"),
+                           ("identify", "cli"), ("menu", "default"), ("queue", "sales")], choices
+    channel = server.waiting_channel(number, "sales")
+    assert channel is not None
+    response = await server.ami.action({"Action": "Hangup", "Channel": channel})
+    assert response.get("Response") == "Success", response
+    await caller.wait_async()
 
 
 async def test_agi_from_a_host_not_allowed_is_refused(server: Server) -> None:

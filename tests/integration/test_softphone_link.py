@@ -1,14 +1,21 @@
 """The project's softphone linked to the server (issue #7 part 5).
 
 First the phone API alone (no PBX): 409 with no softphone linked, 422 on bad
-commands, 202 delivering to the softphone's socket only. Then the whole server
-on the lab PBX with agent1's pjsua2 phone linked through ``SoftphoneLink``.
+commands, 202 delivering to the softphone's socket only; the link's token
+renewal, seq resume and error reports. Then the whole server on the lab PBX
+with agent1's pjsua2 phone linked through ``DeskLink``: a known customer
+calls, the notification names her before the answer, the desk answers, holds,
+unholds, sends DTMF (received by the customer) and hangs up. Last, the
+``cti phone --cti`` command itself, driven by the desk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -181,7 +188,7 @@ async def test_link_renews_token_resumes_by_seq_and_reports_failed_commands(
 
 @pytest.mark.integration
 async def test_desk_drives_the_linked_softphone_on_the_lab_pbx(
-    tmp_path: Path, lab_pbx: Any, phone_factory: Any, sipp_caller: Any,
+    tmp_path: Path, lab_pbx: Any, phone_factory: Any,
 ) -> None:
     settings = Settings(
         db_url=f"sqlite+aiosqlite:///{tmp_path / 'cti.sqlite3'}", data_dir=tmp_path,
@@ -236,8 +243,12 @@ async def test_desk_drives_the_linked_softphone_on_the_lab_pbx(
                 assert time.monotonic() < deadline, "agent1 not free in the support queue"
                 await asyncio.sleep(0.1)
 
-            caller = sipp_caller(number="100", caller_number="+79161234567",
-                                 caller_name="Caller", hangup_after=40)
+            # The customer is a pjsua2 UA calling the trunk (SIPp cannot report the
+            # RFC 4733 digits it receives, and Asterisk's native RTP bridge forwards
+            # them without a DTMF event, so the far end is where digits are checked).
+            customer = await phone_factory.customer(0, username="customer")
+            await customer.call(f"sip:100@{lab_pbx.host}:{lab_pbx.sip_port}",
+                                caller_id="+79161234567", caller_name="Caller")
             title, body = await notifier.wait_for("Иван Петров", TIMEOUT)
             assert phone.state in ("idle", "ringing"), "notified before answering"
             assert title == "Incoming call" and "+79161234567" in body
@@ -248,24 +259,102 @@ async def test_desk_drives_the_linked_softphone_on_the_lab_pbx(
             await command("answer")
             await phone.wait_state("connected", 15)
             await desk_sees("connected")
+            await customer.wait_state("connected", 15)
             await command("hold")
             await phone.wait_state("held", 15)
             await desk_sees("held")
             await command("unhold")
             await phone.wait_state("connected", 15)
+            await desk_sees("connected")
             await command("dtmf", digits="159#")
-            deadline = time.monotonic() + TIMEOUT
-            while len(link.executed) < 4:
-                assert time.monotonic() < deadline, "the dtmf command did not run"
-                await asyncio.sleep(0.05)
+            assert await customer.wait_dtmf(4, 20) == "159#"
             await command("hangup")
             await phone.wait_state("disconnected", 15)
             await desk_sees("registered")
+            await _until(lambda: len(link.executed) == 5)
             assert [(a, e) for _, a, e in link.executed] == [
                 ("answer", None), ("hold", None), ("unhold", None), ("dtmf", None),
                 ("hangup", None)]
-            result = await caller.wait_async(40)
-            assert result.successful_calls == 1, result
+            await customer.wait_state("disconnected", 15)
             await desk.close()
     finally:
+        await client.close()
+
+
+async def _until(check: Any) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
+
+
+async def _line(stream: asyncio.StreamReader, needle: str, seen: list[str]) -> str:
+    while True:
+        raw = await stream.readline()
+        if not raw:
+            raise AssertionError(f"`cti phone` ended before printing {needle!r}: {seen}")
+        seen.append(raw.decode("utf-8", "replace").rstrip("\n"))
+        if needle in seen[-1]:
+            return seen[-1]
+
+
+@pytest.mark.integration
+async def test_cti_phone_command_is_driven_by_the_desk(
+    tmp_path: Path, lab_pbx: Any, phone_factory: Any,
+) -> None:
+    settings = Settings(db_url=f"sqlite+aiosqlite:///{tmp_path / 'cti.sqlite3'}",
+                        data_dir=tmp_path, secret_key="test-secret",
+                        bootstrap_admin=BootstrapAdmin(*ADMIN), history_flush_interval=0.01)
+    app = build_app(settings)
+    client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    sip_secret = lab_pbx.agents["agent2"]
+    proc = None
+    seen: list[str] = []
+    try:
+        admin = {"Authorization": f"Bearer {await _token(client, *ADMIN)}"}
+        resp = await client.post("/api/v1/agents", headers=admin,
+                                 json={"login": "agent2", "password": PASSWORD})
+        assert resp.status == 201, await resp.text()
+        agent_id = (await resp.json())["id"]
+        me = {"Authorization": f"Bearer {await _token(client, 'agent2', PASSWORD)}"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cti.softphone.cli",
+            "--server", f"{lab_pbx.host}:{lab_pbx.sip_port}", "--user", "agent2",
+            "--cti", str(client.make_url("")).rstrip("/"), "--no-notify-send",
+            env={**os.environ, "CTI_PHONE_PASSWORD": sip_secret,
+                 "CTI_DESK_PASSWORD": PASSWORD},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        async with asyncio.timeout(90):
+            await _line(proc.stdout, "Linked to the CTI server", seen)
+            hub = client.server.app[SERVICES].hub
+            await _until(lambda: hub.clients(agent_id, "softphone") == 1)
+            hub.publish(
+                [agent_id], "screen_pop",
+                {"channel": "voice", "customer": {"name": "Иван Петров"},
+                 "interaction": {"caller": "+79161234567"}})
+            assert await _line(proc.stdout, "Incoming call: Иван", seen) == (
+                "Incoming call: Иван Петров <+79161234567>")
+            agent1 = await phone_factory("agent1")
+            await agent1.call(f"sip:1002@{lab_pbx.host}:{lab_pbx.sip_port}")
+            await _line(proc.stdout, "Incoming call: Agent 1", seen)
+            resp = await client.post("/api/v1/agents/me/phone", headers=me,
+                                     json={"action": "answer"})
+            assert resp.status == 202, await resp.text()
+            await agent1.wait_state("connected", 15)
+            resp = await client.post("/api/v1/agents/me/phone", headers=me,
+                                     json={"action": "hangup"})
+            assert resp.status == 202, await resp.text()
+            await agent1.wait_state("disconnected", 15)
+            proc.send_signal(signal.SIGTERM)
+            rest, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        output = "\n".join(seen) + rest.decode() + err.decode()
+        assert sip_secret not in output and PASSWORD not in output
+    finally:
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+            await proc.wait()
         await client.close()

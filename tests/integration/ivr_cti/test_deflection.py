@@ -113,4 +113,10 @@ async def test_caller_deflects_to_chat_and_keeps_context(
     assert ended[0]["payload"]["deflected_to"] == conv.id
     assert not [e for e in events if e["kind"] == "call_abandoned"]
     assert (await services.conversations.get(voice.id)).status == "closed"
+    # The supervisors' voice report (cti/reports) counts it deflected, not abandoned.
+    resp = await server.client.get("/api/v1/reports/voice",
+                                   headers={"Authorization": f"Bearer {server.admin}"})
+    assert resp.status == 200, await resp.text()
+    totals = (await resp.json())["totals"]
+    assert (totals["calls"], totals["deflected"], totals["abandoned"]) == (1, 1, 0), totals
     assert server.agi.counters.flow_errors == 0

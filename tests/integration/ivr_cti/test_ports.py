@@ -1,4 +1,4 @@
-"""cti's IVR ports over the real services (SQLite): identification by number,
+"""cti's IVR ports over the real services (SQLite and PostgreSQL): identification by number,
 account and order number, latest order, IVR history round trip, recent AHT,
 deflection bookkeeping for a call whose voice conversation is known."""
 
@@ -36,9 +36,8 @@ ORDERS = [
 
 
 @pytest.fixture
-async def services(tmp_path: Path) -> AsyncIterator[Services]:
-    settings = Settings(db_url=f"sqlite+aiosqlite:///{tmp_path / 'cti.sqlite3'}",
-                        data_dir=tmp_path, secret_key="test-secret",
+async def services(db_url: str, tmp_path: Path) -> AsyncIterator[Services]:
+    settings = Settings(db_url=db_url, data_dir=tmp_path, secret_key="test-secret",
                         history_flush_interval=0.01)
     svc = Services(settings)
     await svc.start()

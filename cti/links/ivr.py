@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -41,7 +41,7 @@ from cti.keys import SERVICES
 from cti.links.lab import LAB_AGI_LISTEN
 from cti.links.pbx import PBX_LINKS
 from cti.presence import member_status
-from cti.services import Services
+from cti.services import LinkProbe, Services
 from ivr.flows import IvrConfig, default_routes
 from ivr.ports import IvrPorts
 from ivr.server import FastAgiServer, FastAgiSettings
@@ -54,6 +54,8 @@ IVR_SERVER: web.AppKey[list[FastAgiServer]] = web.AppKey("ivr_server")
 LOOPBACK = frozenset({"127.0.0.1", "::1"})
 RESOLVE_TIMEOUT = 5.0
 MAX_FOLLOWED = 10_000
+
+ChangeListener = Callable[[Change], Awaitable[None]]
 
 
 def free_loopback_port() -> int:
@@ -96,12 +98,16 @@ def build_ports(app: web.Application) -> IvrPorts:
     )
 
 
-def _probe(server: FastAgiServer, listen: HostPort) -> Any:
+def _probe(server: FastAgiServer, listen: HostPort) -> LinkProbe:
     async def probe() -> dict[str, Any]:
         c = server.counters
+        try:
+            up = bool(server.address)  # raises once the server stopped listening
+        except RuntimeError:
+            up = False
         return {
             "kind": "ivr",
-            "up": True,
+            "up": up,
             "listen": str(listen),
             "sessions": server.active_sessions,
             "accepted": c.accepted,
@@ -113,7 +119,7 @@ def _probe(server: FastAgiServer, listen: HostPort) -> Any:
     return probe
 
 
-def _pause_follower(app: web.Application, services: Services) -> Any:
+def _pause_follower(app: web.Application, services: Services) -> ChangeListener:
     seen: dict[str, bool] = {}  # interface -> paused, as last applied
 
     async def on_change(change: Change) -> None:
@@ -132,7 +138,9 @@ def _pause_follower(app: web.Application, services: Services) -> Any:
     return on_change
 
 
-def ivr_ctx(listen: HostPort | None, config: IvrConfig) -> Any:
+def ivr_ctx(
+    listen: HostPort | None, config: IvrConfig
+) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         services = app[SERVICES]
         follower = _pause_follower(app, services)

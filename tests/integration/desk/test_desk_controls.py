@@ -93,6 +93,7 @@ async def test_template_api_roles_and_validation(desk: Desk) -> None:
         conv = await desk.services.inbox.receive("chat", "visitor-1", "hi")
         assert conv.owner_id is not None
         owner = await desk.services.conversations.owner_login(conv)
+        assert owner in ("agent1", "agent2"), owner
         other = "agent2" if owner == "agent1" else "agent1"
         url = f"{base}/conversations/{conv.id}/tags"
         status, body = await call(s, "POST", url, await token(s, desk.base_url, other),

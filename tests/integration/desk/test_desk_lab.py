@@ -321,6 +321,13 @@ async def test_desk_answers_through_the_linked_softphone(
         await page.wait_for_function(
             "() => document.getElementById('softphone').textContent === 'softphone: connected'"
         )
+        # DTMF typed in the desk is played by the softphone (the digits reaching the
+        # far end are checked in tests/integration/test_softphone_link.py).
+        await page.fill("#dtmf", "15#")
+        await page.click("#dtmf-send")
+        await until("the softphone to play the DTMF", lambda: ("dtmf", None) in [
+            (a, e) for _, a, e in link.executed])
+        assert [a for _, a, _ in link.executed] == ["answer", "hold", "unhold", "dtmf"]
         await asyncio.sleep(1.0)  # some talk time on the record
         await page.click("#call-hangup")
         await phone.wait_state("disconnected", 15)

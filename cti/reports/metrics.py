@@ -24,7 +24,6 @@ from sqlalchemy import (
     Float,
     and_,
     case,
-    exists,
     func,
     literal,
     null,
@@ -266,23 +265,27 @@ def voice_facts(period: Period, options: ReportOptions) -> Any:
         .subquery("per_call")
     )
     p = per_call.c
+    # Uncorrelated IN (...) sets: SQLite builds each once; a correlated EXISTS was
+    # planned as a scan per call once ANALYZE saw linked_to_id mostly NULL.
     linked = conv.alias("linked")
-    deflected = or_(
-        p.deflected_event == 1,
-        exists().where(
-            linked.c.linked_to_id == conv.c.id, linked.c.external_ref.like("%:deflected:%")
-        ),
+    deflected_ids = select(linked.c.linked_to_id).where(
+        linked.c.linked_to_id.is_not(None),
+        linked.c.external_ref.like("%:deflected:%"),
+        linked.c.queued_at >= period.start,  # it keeps the call's queue entry time
+        linked.c.queued_at < period.end,
     )
+    deflected = or_(p.deflected_event == 1, conv.c.id.in_(deflected_ids))
     callback_leg = conv.alias("callback_leg")
     connected = h.alias("connected")
-    called_back = or_(
-        p.called_back == 1,
-        exists().where(
-            callback_leg.c.linked_to_id == conv.c.id,
-            connected.c.conversation_id == callback_leg.c.id,
+    called_back_ids = (
+        select(callback_leg.c.linked_to_id)
+        .join(connected, connected.c.conversation_id == callback_leg.c.id)
+        .where(
             connected.c.kind == K.CALLBACK_CONNECTED,
-        ),
+            callback_leg.c.linked_to_id.is_not(None),
+        )
     )
+    called_back = or_(p.called_back == 1, conv.c.id.in_(called_back_ids))
     answered = p.answered == 1
     wrap = case(
         (

@@ -25,6 +25,7 @@ from cti.config import Settings
 from cti.history import HistoryEntry
 from cti.keys import SERVICES
 from cti.reports.api import csv_text, setup_reports
+from cti.reports.importers import AsteriskImporter
 from cti.reports.metrics import (
     ReportOptions,
     agents_report,
@@ -32,7 +33,6 @@ from cti.reports.metrics import (
     text_report,
     voice_report,
 )
-from cti.reports.importers import AsteriskImporter
 from cti.reports.period import parse_period, parse_tz
 from cti.reports.sentiment import classify
 from cti.reports.tags import Marking, tags_report

@@ -154,6 +154,9 @@ class TextInbox:
         voice = await self._conversations.by_ref(call_id)
         if voice is None:
             raise NotFound(f"call {call_id} is unknown", call_id=call_id)
+        via_ivr = await self._conversations.by_ref(f"{call_id}{DEFLECTED_CHAT}"[:160])
+        if via_ivr is not None and via_ivr.status in ("queued", "assigned"):
+            return conversation_json(via_ivr)  # the IVR already moved this caller
         conv, created = await self._conversations.open(
             channel,
             voice.customer_id,

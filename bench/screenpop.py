@@ -34,6 +34,7 @@ import base64
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,9 +46,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
 from bench.ami_scripted_server import BenchAmi, CallTemplate, load_events
+from bench.pg_cluster import pg_cluster
 from cti.auth import Principal, Role, TokenSigner, hash_password
 from cti.db import create_engine, migrate
 from cti.hub import EventHub
@@ -58,6 +60,8 @@ AMI_SECRET = "bench-ami-secret"
 CUSTOMERS = 5000
 HEAVY = 20
 POP_TIMEOUT = 10.0
+HEAVY_CALLS = 5
+HEAVY_BASE = 1_980_000_000
 CHAN_BASE = 0x80000000  # probe channels never collide with background ones
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -177,6 +181,14 @@ async def seed(db_url: str, agents: int) -> None:
                     }
                 )
         await conn.execute(insert(HistoryEvent), history)
+        if conn.dialect.name == "postgresql":  # explicit ids: move the sequences past them
+            for table in ("agents", "customers", "identities", "history_events"):
+                await conn.execute(
+                    text(
+                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                        f"(SELECT max(id) FROM {table}))"
+                    )
+                )
     await engine.dispose()
 
 
@@ -242,53 +254,6 @@ async def slow_socket(port: int, token: str) -> tuple[asyncio.StreamReader, asyn
     return r, w
 
 
-class Load:
-    """Background AMI events at ``rate``/s from re-numbered recorded calls."""
-
-    def __init__(self, ami: BenchAmi, template: CallTemplate, fast: int, slow: list[int]) -> None:
-        self.ami = ami
-        self.template = template
-        self.fast = fast
-        self.slow = slow
-        self.sent = 0
-        self._rng = random.Random(11)
-
-    def _call_set(self, n: int) -> list[bytes]:
-        rng = self._rng
-        agents = {"1": f"agent{rng.randint(1, self.fast)}"}
-        callers = {
-            "+79161234567": phone(rng.randint(1, CUSTOMERS)),
-            "84951234567": phone(rng.randint(1, CUSTOMERS)),
-        }
-        if self.slow:
-            agents["2"] = f"agent{rng.choice(self.slow)}"
-            callers["+79031112233"] = heavy_phone(rng.randint(1, HEAVY))
-        else:
-            agents["2"] = f"agent{rng.randint(1, self.fast)}"
-            callers["+79031112233"] = phone(rng.randint(1, CUSTOMERS))
-        return self.template.render(n, agents, callers)
-
-    async def run(self, rate: int, stop: asyncio.Event) -> None:
-        tick = 0.01
-        per_tick = max(1, round(rate * tick))
-        queue: list[bytes] = []
-        n = 0
-        next_t = time.perf_counter()
-        while not stop.is_set():
-            while len(queue) < per_tick:
-                queue.extend(self._call_set(n))
-                n += 1
-            chunk, queue = queue[:per_tick], queue[per_tick:]
-            self.ami.send(b"".join(chunk))
-            self.sent += len(chunk)
-            next_t += tick
-            delay = next_t - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                await asyncio.sleep(0)
-
-
 class ProbeCalls:
     """Probe calls: caller joins the queue, AgentCalled (timed) for one agent, then abandons."""
 
@@ -307,7 +272,7 @@ class ProbeCalls:
                     "Channel": chan,
                     "Uniqueid": "1795426752.4",
                     "Linkedid": "1795426752.4",
-                    "CallerIDNum": "+79161234567",
+                    "CallerIDNum": "84951234567",
                     "DestLinkedid": "1795426752.4",
                 }.get(k, v),
             )
@@ -324,11 +289,29 @@ class ProbeCalls:
         self.n = 0
         self.lost = 0
 
+    def heavy_arrival(self, h: int) -> bytes:
+        render = {
+            "agents": {},
+            "callers": {"84951234567": heavy_phone(h)},
+            "id_base": HEAVY_BASE,
+            "chan_base": CHAN_BASE // 2,
+        }
+        return b"".join(self.arrive.render(h, **render) + self.join.render(h, **render))  # type: ignore[arg-type]
+
+    def heavy_offer(self, h: int, agent: int) -> bytes:
+        render = {
+            "agents": {"1": f"agent{agent}"},
+            "callers": {"84951234567": heavy_phone(h)},
+            "id_base": HEAVY_BASE,
+            "chan_base": CHAN_BASE // 2,
+        }
+        return b"".join(self.offer.render(h, **render))  # type: ignore[arg-type]
+
     async def one(self, agent: int) -> float | None:
         self.n += 1
         n = self.n
         base = 1_990_000_000
-        callers = {"+79161234567": phone(random.randint(1, CUSTOMERS))}
+        callers = {"84951234567": phone(random.randint(1, CUSTOMERS))}
         agents = {"1": f"agent{agent}"}
         render = {"agents": agents, "callers": callers, "id_base": base, "chan_base": CHAN_BASE}
         self.ami.send(b"".join(self.arrive.render(n, **render)))  # type: ignore[arg-type]
@@ -361,6 +344,111 @@ class ProbeCalls:
         return out
 
 
+class Load:
+    """Background AMI events at ``rate``/s: recorded calls plus recorded non-call events.
+
+    ``calls`` new calls per second (each the recorded set: ~39 events, offered,
+    answered or abandoned, hung up, re-numbered); the rest of ``rate`` is the
+    recording's non-call events (QueueMemberStatus, PeerStatus, ContactStatus)
+    for random agents. ``heavy`` AgentCalled/s re-offer a few long-waiting
+    callers with heavy cards (~100 KB pops) to the slow agents (ring-all).
+    """
+
+    def __init__(
+        self,
+        ami: BenchAmi,
+        template: CallTemplate,
+        probe: ProbeCalls,
+        fast: int,
+        slow: list[int],
+        noise: tuple[str, ...],
+    ) -> None:
+        self.ami = ami
+        self.template = template
+        self.probe = probe
+        self.fast = fast
+        self.slow = slow
+        self.sent = 0
+        self.calls = 0
+        self._rng = random.Random(11)
+        self._noise = CallTemplate(
+            [
+                e
+                for e in template.events
+                if e[0][1] in ("QueueMemberStatus", "PeerStatus", "ContactStatus")
+            ]
+        )
+
+    def _call_set(self, n: int) -> list[bytes]:
+        rng = self._rng
+        agents = {
+            "1": f"agent{rng.randint(1, self.fast)}",
+            "2": f"agent{rng.randint(1, self.fast)}",
+        }
+        callers = {
+            c: phone(rng.randint(1, CUSTOMERS))
+            for c in ("+79161234567", "84951234567", "+79031112233")
+        }
+        return self.template.render(n, agents, callers)
+
+    def _noise_set(self, n: int) -> list[bytes]:
+        rng = self._rng
+        agents = {
+            "1": f"agent{rng.randint(1, self.fast)}",
+            "2": f"agent{rng.randint(1, self.fast)}",
+        }
+        return self._noise.render(n, agents, {})
+
+    async def run(self, rate: int, calls: float, heavy: float, stop: asyncio.Event) -> None:
+        tick = 0.01
+        per_tick = rate * tick
+        budget = call_budget = heavy_budget = 0.0
+        n = m = 0
+        noise: list[bytes] = []
+        if self.slow and heavy > 0:
+            for h in range(1, HEAVY_CALLS + 1):
+                self.ami.send(self.probe.heavy_arrival(h))
+        next_t = time.perf_counter()
+        while not stop.is_set():
+            budget += per_tick
+            call_budget += calls * tick
+            heavy_budget += heavy * tick
+            chunk: list[bytes] = []
+            while call_budget >= 1:
+                chunk.extend(self._call_set(n))
+                n += 1
+                call_budget -= 1
+                self.calls += 1
+            while self.slow and heavy_budget >= 1:
+                chunk.append(
+                    self.probe.heavy_offer(
+                        self._rng.randint(1, HEAVY_CALLS), self._rng.choice(self.slow)
+                    )
+                )
+                heavy_budget -= 1
+            while len(chunk) < budget:
+                if not noise:
+                    noise = self._noise_set(m)
+                    m += 1
+                chunk.append(noise.pop())
+            budget -= len(chunk)
+            self.ami.send(b"".join(chunk))
+            self.sent += len(chunk)
+            next_t += tick
+            delay = next_t - time.perf_counter()
+            await asyncio.sleep(max(0.0, delay))
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -376,13 +464,38 @@ def summary(name: str, lat: list[float], lost: int) -> str:
     )
 
 
+def tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:]
+
+
+def start_server(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cti", "serve", "--log-level", "WARNING"],
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+
+
+def start_spy(pid: int, out: str) -> subprocess.Popen[bytes]:
+    """py-spy (pip install py-spy) sampling the server: raw collapsed stacks to ``out``."""
+    spy = str(Path(sys.executable).parent / "py-spy")
+    return subprocess.Popen(
+        [spy, "record", "-p", str(pid), "-f", "raw", "-o", out, "-r", "200"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 async def wait_ready(
     session: aiohttp.ClientSession, base: str, proc: subprocess.Popen[bytes], log: Path
 ) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"cti serve exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+            raise SystemExit(f"cti serve exited {proc.returncode}:\n{tail(log)}")
         try:
             async with session.get(f"{base}/api/v1/health") as resp:
                 links = (await resp.json()).get("links", {})
@@ -391,7 +504,7 @@ async def wait_ready(
         except (aiohttp.ClientError, ValueError):
             pass
         await asyncio.sleep(0.3)
-    raise SystemExit(f"cti serve not ready in 120 s:\n{log.read_text()[-3000:]}")
+    raise SystemExit(f"cti serve not ready in 120 s:\n{tail(log)}")
 
 
 def hub_check(sockets: int = 500, publishes: int = 2000) -> str:
@@ -420,8 +533,19 @@ def hub_check(sockets: int = 500, publishes: int = 2000) -> str:
 
 
 async def main_async(args: argparse.Namespace) -> int:
+    if args.db == "postgresql":
+        with pg_cluster() as url:
+            return await run_bench(args, url)
+    return await run_bench(args, None)
+
+
+async def run_bench(args: argparse.Namespace, pg_url: str | None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="cti-bench-pop-"))
-    db_url = f"sqlite+aiosqlite:///{tmp / 'cti.sqlite3'}"
+    db_url = pg_url or f"sqlite+aiosqlite:///{tmp / 'cti.sqlite3'}"
+    print(
+        f"database: {'PostgreSQL 15' if pg_url else 'SQLite (WAL)'}; load {load_average()}",
+        flush=True,
+    )
     slow_ids = list(range(args.agents + 1, args.agents + args.slow + 1))
     await seed(db_url, args.agents + args.slow)
     ami = BenchAmi(AMI_SECRET)
@@ -438,14 +562,7 @@ async def main_async(args: argparse.Namespace) -> int:
         "PYTHONPATH": str(ROOT),
     }
     log = tmp / "server.log"
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cti", "serve", "--log-level", "WARNING"],
-            env=env,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
+    proc = start_server(env, log)
     signer = TokenSigner(SECRET_KEY, 3600)
     tasks: set[asyncio.Task[None]] = set()
     template = CallTemplate(load_events())
@@ -474,28 +591,26 @@ async def main_async(args: argparse.Namespace) -> int:
                     )
                 )
             stop = asyncio.Event()
-            load = Load(ami, template, args.agents, slow_ids)
-            load_task = asyncio.create_task(load.run(args.rate, stop))
+            load = Load(ami, template, caller, args.agents, slow_ids, tuple(args.noise.split(",")))
+            load_task = asyncio.create_task(load.run(args.rate, args.calls, args.heavy, stop))
             await asyncio.sleep(3)
             t_b = time.perf_counter()
+            cpu_b = cpu_seconds(proc.pid)
             sent_b = load.sent
             caller.lost = 0
             fast = list(range(1, args.agents + 1))
             random.Random(5).shuffle(fast)
-            spy = (
-                subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p",
-                                  str(proc.pid), "-f", "raw", "-o", args.profile, "-r", "200"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                if args.profile else None
-            )
+            spy = start_spy(proc.pid, args.profile) if args.profile else None
             lat_b = await caller.run(args.probes, fast, 10)
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(30)
             rate_b = (load.sent - sent_b) / (time.perf_counter() - t_b)
+            busy_b = (cpu_seconds(proc.pid) - cpu_b) / (time.perf_counter() - t_b)
             lost_b = caller.lost
             print(
-                summary(f"B {args.agents} sockets, {rate_b:,.0f} ev/s     ", lat_b, lost_b),
+                summary(f"B {args.agents} sockets, {rate_b:,.0f} ev/s     ", lat_b, lost_b)
+                + f"  server CPU {busy_b:.0%} of a core",
                 flush=True,
             )
             # C: load + slow readers
@@ -510,18 +625,23 @@ async def main_async(args: argparse.Namespace) -> int:
             print(summary(f"C as B + {args.slow} non-reading sockets", lat_c, lost_c), flush=True)
             stop.set()
             await load_task
-            closed = 0
-            for r, w in slow:
+
+            async def drained(r: asyncio.StreamReader) -> int:
                 try:
-                    tail = await asyncio.wait_for(r.read(), 60)
-                    closed += 1 if tail is not None else 0
+                    return len(await asyncio.wait_for(r.read(), 75))
                 except TimeoutError:
-                    pass
+                    return -1
+
+            sizes = await asyncio.gather(*(drained(r) for r, _ in slow))
+            for _, w in slow:
                 w.transport.abort()
+            closed = sum(1 for n in sizes if n >= 0)
+            got = sum(n for n in sizes if n > 0)
             print(
                 f"   background {rate_c:,.0f} ev/s in C; slow sockets closed by the server "
                 f"(queue overflow / heartbeat) after they were read: {closed}/{len(slow)}; "
-                f"pops received by this process: {probes.received_pops}"
+                f"{got / 1e6:.1f} MB were waiting for them; pops received by the fast sockets: "
+                f"{probes.received_pops}; background calls {load.calls}"
             )
             ok_b = bool(lat_b) and pct(lat_b, 99) <= 0.1 and lost_b == 0
             ok_c = bool(lat_c) and pct(lat_c, 99) <= 0.1 and lost_c == 0
@@ -551,8 +671,6 @@ async def main_async(args: argparse.Namespace) -> int:
         if args.keep:
             print(f"kept {tmp}")
         else:
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
     print(hub_check())
     return 0
@@ -563,6 +681,24 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=500)
     parser.add_argument("--slow", type=int, default=5)
     parser.add_argument("--rate", type=int, default=2000, help="background AMI events/s")
+    parser.add_argument(
+        "--noise",
+        default="QueueMemberStatus,PeerStatus,ContactStatus",
+        help="recorded non-call event types that fill --rate (recorded mix)",
+    )
+    parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument(
+        "--calls",
+        type=float,
+        default=5.0,
+        help="new background calls/s inside --rate (recorded ~39 events each)",
+    )
+    parser.add_argument(
+        "--heavy",
+        type=float,
+        default=10.0,
+        help="heavy (~100 KB) pops/s offered to the slow agents",
+    )
     parser.add_argument("--probes", type=int, default=300, help="timed pops per loaded phase")
     parser.add_argument("--baseline-probes", type=int, default=100)
     parser.add_argument("--profile", help="py-spy the server during phase B (raw stacks here)")

@@ -3,7 +3,7 @@
 A SIPp caller waits in the sales queue (no agent logged in there): the tile
 shows 1 waiting and the wait grows without a reload. agent1 is paused over AMI
 with a reason: the wallboard shows it paused with the reason. An inbound SMS
-opens a conversation whose first-reply SLA (6 s in this test) turns amber.
+opens a conversation whose first-reply SLA (10 s in this test) turns amber.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ async def test_wallboard_live_queue_pause_and_sla(
 ) -> None:
     settings = Settings(
         db_url=f"sqlite+aiosqlite:///{tmp_path / 'wb.sqlite3'}", data_dir=tmp_path,
-        secret_key="wallboard-secret", history_flush_interval=0.01, sms_first_reply_sla=6.0,
+        secret_key="wallboard-secret", history_flush_interval=0.01, sms_first_reply_sla=10.0,
         ami=(AmiServer("lab", lab_pbx.host, lab_pbx.ami_port, lab_pbx.ami_user,
                        lab_pbx.ami_secret),),
     )
@@ -99,7 +99,7 @@ async def test_wallboard_live_queue_pause_and_sla(
             f"[data-queue='support'] [data-member='{AGENT}'][data-state='available']")
 
         caller = sipp_caller(number=sales.number, caller_number="+79161234567",
-                             caller_name="Caller", hangup_after=20)
+                             caller_name="Caller", hangup_after=30)
         waiting = "[data-queue='sales'] [data-k='waiting'] .value"
         longest = "[data-queue='sales'] [data-k='longest_wait'] .value"
         await page.wait_for_function(
@@ -117,26 +117,28 @@ async def test_wallboard_live_queue_pause_and_sla(
         assert await page.text_content(f"{member} .reason") == "Paused: Обед"
         assert await page.text_content(f"{member} .name") == "Агент <b>1</b>"
 
-        # An inbound SMS: ok at first, amber after half the 6 s target.
+        # An inbound SMS: ok at first, amber after half the 10 s target, then red.
         conv = await services.inbox.receive("sms", "+79167654321", "<img src=x onerror=alert(1)>",
                                             name="<script>x</script>")
         row = f"#wb-convs tr[data-conversation='{conv.id}']"
         await page.wait_for_selector(f"{row} td.sla")
         assert await page.get_attribute(f"{row} td.sla", "data-sla") == "ok"
-        await page.wait_for_selector(f"{row} td.sla[data-sla='amber']", timeout=15_000)
+        await page.wait_for_selector(f"{row} td.sla[data-sla='amber']", timeout=30_000)
         assert desk_browser.dialogs == []
         shot = await desk_browser.screenshot(page, "wallboard")
         assert shot.exists()
-        await page.wait_for_selector(f"{row} td.sla[data-sla='red']", timeout=15_000)
+        await page.wait_for_selector(f"{row} td.sla[data-sla='red']", timeout=30_000)
 
         # Still live, without a reload.
         await page.evaluate("() => { window.__wb_marker = 1; }")
         await link.queue_pause(AGENT, False, "support")
         await page.wait_for_selector(f"{member}:not([data-state='paused'])")
         assert await page.evaluate("() => window.__wb_marker") == 1, "no reload"
-        await page.wait_for_function(  # the caller hangs up after 20 s
-            "(s) => document.querySelector(s)?.textContent === '0'", arg=waiting,
-            timeout=40_000)
+        queue = link.queue("sales")
+        assert queue is not None and len(queue.waiting) == 1
+        await link.hangup(queue.waiting[0].channel)  # the PBX sends the caller a BYE
+        await page.wait_for_function(
+            "(s) => document.querySelector(s)?.textContent === '0'", arg=waiting)
         result = await caller.wait_async(40)
         assert result.successful_calls == 1, result
     finally:

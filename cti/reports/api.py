@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -68,13 +69,7 @@ def _options(request: web.Request) -> ReportOptions:
         return options
     if not days.isdigit() or not 1 <= int(days) <= 90:
         raise InvalidInput("fcr_days must be 1..90", field="fcr_days")
-    return ReportOptions(
-        options.service_level,
-        options.service_level_by_queue,
-        options.first_response_sla,
-        int(days),
-        options.slack,
-    )
+    return replace(options, fcr_days=int(days))
 
 
 @routes.get("/api/v1/reports/{name}")

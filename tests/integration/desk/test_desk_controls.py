@@ -209,8 +209,16 @@ async def test_merge_duplicates_with_undo(desk: Desk, desk_browser: DeskBrowser)
     page = await desk_browser.new_page()
     await desk.login(page, "lead")
     assert await page.is_visible("#sup-links")
-    assert await page.get_attribute("#link-wallboard", "href") == "/wallboard.html"
-    assert await page.get_attribute("#link-reports", "href") == "/reports.html"
+    assert await page.get_attribute("#link-reports", "href") == "/desk/static/reports.html"
+    # rel="opener" (same origin): the new tab starts with a copy of this tab's session.
+    async with page.context.expect_page() as opened:
+        await page.click("#link-wallboard")
+    board = await opened.value
+    await board.wait_for_load_state()
+    assert board.url == f"{desk.base_url}/wallboard/"
+    assert await board.evaluate("() => sessionStorage.getItem('cti.token')") == \
+        await page.evaluate("() => sessionStorage.getItem('cti.token')")
+    await board.close()
     await offer_call(desk, "+79035550101", "ANNA", "pbx1:1700000009.1", "lead")
     await page.wait_for_function(
         "() => document.getElementById('card-name')?.textContent === 'Анна Смирнова'"

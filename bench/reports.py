@@ -244,6 +244,7 @@ async def load_postgres(url: str, rows: int, days: int) -> None:
                     "queued_at",
                     "created_at",
                     "closed_at",
+                    "contact",
                 ],
             )
             await conn.copy_records_to_table(
@@ -264,7 +265,7 @@ async def load_postgres(url: str, rows: int, days: int) -> None:
 
         for what, row in generate(rows, days):
             if what == "conv":
-                convs.append((*row[:5], *row[5:7], *row[7:]))
+                convs.append((*row, ""))
             else:
                 events.append((*row[:6], json.dumps(row[6])))
                 if len(events) >= 200_000:

@@ -265,6 +265,36 @@ OPENAPI: dict[str, Any] = {
                 body=_obj(["text"], text=STR, conversation_id=INT),
             )
         },
+        "/api/v1/reports/{name}": {
+            "get": _op(
+                "A report (voice, text, fcr, tags, agents) as JSON or CSV (supervisor)",
+                params=[
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"enum": ["voice", "text", "fcr", "tags", "agents"]},
+                    },
+                    _q("from"),
+                    _q("to"),
+                    _q("tz"),
+                    _q("group_by", {"enum": ["queue", "agent", "channel", "tag", "day", "hour"]}),
+                    _q("format", {"enum": ["json", "csv"]}),
+                    _q("fcr_days", INT),
+                ],
+            )
+        },
+        "/api/v1/conversations/{id}/marking": {
+            "post": _op(
+                "Mark a conversation with tags and the customer's sentiment",
+                params=[ID_PARAM],
+                body=_obj(
+                    ["tags"],
+                    tags=STRS,
+                    sentiment={"enum": ["positive", "negative", "neutral"]},
+                ),
+            )
+        },
         "/api/v1/openapi.json": {"get": _op("This document", auth=False)},
     },
 }

@@ -9,18 +9,15 @@ the report's time zone: SQL groups by 15-minute UTC buckets (every zone's UTC
 offset is a multiple of 15 minutes) and Python merges the buckets into local
 days or hours, so DST and odd offsets are exact on SQLite and PostgreSQL alike.
 Every measure is a sum or a max, so merging buckets is exact too. A contact
-belongs to the period in which it started (the conversation's ``queued_at``),
-with all its events. The fold walks the conversations of the period in
-``(queued_at, id)`` order (their index) and joins each one's events, grouping
-by ``(queued_at, id)``: SQLite then aggregates as it goes instead of sorting
-every event of the period by conversation.
+belongs to the period in which it started (the conversation's ``queued_at``);
+its events are read up to ``slack`` after the end of the period.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -54,6 +51,7 @@ class ReportOptions:
         default_factory=lambda: {"chat": 60.0, "sms": 900.0, "social": 3600.0}
     )
     fcr_days: int = 3
+    slack: timedelta = timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +108,12 @@ def _ratio(num: float | None, den: float | None, scale: float = 1.0) -> float | 
     return round(num * scale / den, 2)
 
 
-def _started_in(period: Period) -> ColumnElement[bool]:
-    return and_(conv.c.queued_at >= period.start, conv.c.queued_at < period.end)
+def _events_in(period: Period, options: ReportOptions) -> ColumnElement[bool]:
+    return and_(
+        h.c.occurred_at >= period.start,
+        h.c.occurred_at < period.end + options.slack,
+        h.c.conversation_id.is_not(None),
+    )
 
 
 def _marks() -> Any:
@@ -228,7 +230,7 @@ def _sl_threshold(options: ReportOptions) -> ColumnElement[Any]:
 def voice_facts(period: Period, options: ReportOptions) -> Any:
     per_call = (
         select(
-            conv.c.id.label("cid"),
+            h.c.conversation_id.label("cid"),
             _flag([K.CALL_QUEUED]).label("queued"),
             _flag([K.CALL_ANSWERED]).label("answered"),
             func.max(_when([K.CALL_ANSWERED], _num("wait"))).label("answer_wait"),
@@ -243,11 +245,9 @@ def voice_facts(period: Period, options: ReportOptions) -> Any:
             func.max(_when([K.CALL_ENDED], epoch(h.c.occurred_at))).label("ended_at"),
             func.max(_when([K.CLOSED], epoch(h.c.occurred_at))).label("closed_at"),
         )
-        .select_from(conv.join(h, h.c.conversation_id == conv.c.id))
         .where(
-            _started_in(period),
-            conv.c.channel == "voice",
-            conv.c.linked_to_id.is_(None),  # a callback's outbound leg is not an inbound call
+            _events_in(period, options),
+            h.c.channel == "voice",
             h.c.kind.in_(
                 (
                     K.CALL_QUEUED,
@@ -261,7 +261,7 @@ def voice_facts(period: Period, options: ReportOptions) -> Any:
                 )
             ),
         )
-        .group_by(conv.c.queued_at, conv.c.id)
+        .group_by(h.c.conversation_id)
         .subquery("per_call")
     )
     p = per_call.c
@@ -393,20 +393,19 @@ def text_facts(period: Period, options: ReportOptions) -> Any:
     when_in = _when(K.INBOUND_TEXT, epoch(h.c.occurred_at))
     per_conv = (
         select(
-            conv.c.id.label("cid"),
+            h.c.conversation_id.label("cid"),
             func.min(when_in).label("first_in"),
             func.min(_when(K.OUTBOUND_TEXT, epoch(h.c.occurred_at))).label("first_out"),
             func.sum(case((h.c.kind.in_(K.INBOUND_TEXT), 1), else_=0)).label("msgs_in"),
             func.sum(case((h.c.kind.in_(K.OUTBOUND_TEXT), 1), else_=0)).label("msgs_out"),
             func.max(_when([K.CLOSED], epoch(h.c.occurred_at))).label("closed_at"),
         )
-        .select_from(conv.join(h, h.c.conversation_id == conv.c.id))
         .where(
-            _started_in(period),
-            conv.c.channel.in_(K.TEXT_CHANNELS),
+            _events_in(period, options),
+            h.c.channel.in_(K.TEXT_CHANNELS),
             h.c.kind.in_((*K.INBOUND_TEXT, *K.OUTBOUND_TEXT, K.CLOSED)),
         )
-        .group_by(conv.c.queued_at, conv.c.id)
+        .group_by(h.c.conversation_id)
         .subquery("per_conv")
     )
     p = per_conv.c

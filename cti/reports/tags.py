@@ -100,13 +100,14 @@ def _fields(entry: HistoryEntry) -> dict[str, Any]:
 
 
 async def tags_report(engine: AsyncEngine, period: Period, options: ReportOptions) -> Report:
+    in_period = and_(conv.c.queued_at >= period.start, conv.c.queued_at < period.end)
     latest = (
         select(func.max(h.c.id).label("id"))
-        .where(h.c.kind == K.MARKED)
+        .select_from(conv.join(h, h.c.conversation_id == conv.c.id))
+        .where(in_period, h.c.kind == K.MARKED)
         .group_by(h.c.conversation_id, h.c.payload["tag"].as_string())
         .subquery("latest")
     )
-    in_period = and_(conv.c.queued_at >= period.start, conv.c.queued_at < period.end)
     tagged_q = (
         select(
             conv.c.id,

@@ -141,6 +141,7 @@ async def test_wallboard_live_queue_pause_and_sla(
             "(s) => document.querySelector(s)?.textContent === '0'", arg=waiting)
         result = await caller.wait_async(40)
         assert result.successful_calls == 1, result
+        await page.close()  # its socket closes now, not at server shutdown
     finally:
         with contextlib.suppress(PbxError):
             await link.queue_pause(AGENT, False, "support")

@@ -85,6 +85,7 @@ MAX_NUMBER = 32
 MAX_QUEUE = 64
 MAX_CALL_ID = 160
 MAX_PASS = 200
+STOP_TIMEOUT = 10.0
 BUSY_CAUSES = frozenset({17})
 _QUEUE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _CALLER_NAME_DROP = re.compile(r"[\"<>\\\x00-\x1f\x7f]")
@@ -152,6 +153,7 @@ class CallbackService:
         decline_memory: float = 60.0,
         tick: float = 1.0,
         follow_check: float = 5.0,
+        first_delay: float = 5.0,
     ) -> None:
         self._services = services
         self._links = links
@@ -163,6 +165,7 @@ class CallbackService:
         self.decline_memory = decline_memory
         self.tick = tick
         self.follow_check = follow_check
+        self.first_delay = first_delay  # the caller is still hearing the IVR's goodbye
         self._tasks: set[asyncio.Task[None]] = set()
         self._active: dict[int, str] = {}  # booking id -> agent interface being dialled
         self._declined: dict[tuple[int, str], float] = {}  # (booking, agent) -> until
@@ -170,6 +173,7 @@ class CallbackService:
         self._wake = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
         self._next_recheck = 0.0
+        self._stopping = False
 
     # -- the IVR port --------------------------------------------------------------
 
@@ -200,7 +204,7 @@ class CallbackService:
             language=request.language[:32],
             status="waiting",
             attempts=0,
-            next_attempt_at=utcnow(),
+            next_attempt_at=utcnow() + timedelta(seconds=self.first_delay),
             last_result="",
         )
         try:
@@ -286,15 +290,21 @@ class CallbackService:
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._stopping = False
         if self._scheduler is None:
             self._scheduler = asyncio.create_task(self._run(), name="callback-scheduler")
 
     async def stop(self) -> None:
+        self._stopping = True
         task, self._scheduler = self._scheduler, None
         tasks = [t for t in (task, *self._tasks) if t is not None]
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+            if pending:
+                log.error("callbacks: %d tasks did not stop within %g s", len(pending),
+                          STOP_TIMEOUT)
 
     async def on_change(self, change: Change) -> None:
         """A ``CallHandler`` listener: follow our calls, wake the scheduler."""
@@ -309,7 +319,10 @@ class CallbackService:
         self._wake.set()
 
     async def _run(self) -> None:
-        while True:
+        # Quirk: Python 3.11's asyncio.wait_for can swallow a cancellation that arrives
+        # as the inner wait completes (the wake event is set on every PBX change), so
+        # waits use asyncio.timeout and the loop also checks ``_stopping``.
+        while not self._stopping:
             try:
                 await self.run_once()
             except asyncio.CancelledError:
@@ -317,7 +330,8 @@ class CallbackService:
             except Exception:
                 log.exception("callback scheduler pass failed; next pass in %g s", self.tick)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.tick)
+                async with asyncio.timeout(self.tick):
+                    await self._wake.wait()
             self._wake.clear()
             await asyncio.sleep(0.25)  # coalesce bursts of PBX changes into one pass
 
@@ -492,7 +506,8 @@ class CallbackService:
         """Until ``event`` is set (True) or the call is gone from the PBX state (False)."""
         while not event.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), self.follow_check)
+                async with asyncio.timeout(self.follow_check):
+                    await event.wait()
             if not event.is_set() and link.health().up and link.call(call_ref) is None:
                 await asyncio.sleep(self.follow_check / 5)  # let a last change land
                 return event.is_set()

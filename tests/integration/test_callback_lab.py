@@ -100,7 +100,7 @@ async def lab(tmp_path: Path, lab_pbx: LabPbx) -> AsyncIterator[Lab]:
     app = create_app(settings)
     setup_pbx_links(app, FAST)
     setup_callbacks(app, attempts=2, retry_delay=RETRY_DELAY, agent_ring_timeout=15.0,
-                    tick=0.5, follow_check=2.0)
+                    tick=0.5, follow_check=2.0, first_delay=0.0)
     client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
     link: AmiLink | None = None
@@ -225,28 +225,28 @@ async def test_customer_who_does_not_answer_is_retried_then_failed(
 async def test_agent_who_does_not_answer_passes_the_callback_to_another_agent(
     lab: Lab, lab_pbx: LabPbx, phone_factory: Any
 ) -> None:
+    # agent2 declines (agent1 is paused by the fixture); then agent1, free, takes it
     customer = await phone_factory.customer(lab_pbx.carrier_port)
     agent1 = await phone_factory("agent1")
     agent2 = await phone_factory("agent2")
     try:
-        await lab.link.queue_pause("PJSIP/agent2", True, "support", "test setup")
+        await lab.link.queue_pause("PJSIP/agent2", False, "support")
         await until("both agents registered", lambda: all(
             (m := lab.member(f"PJSIP/{a}")) is not None and m.device_state == "NOT_INUSE"
             for a in ("agent1", "agent2")))
         booking_id = await book(lab, "cb-lab-3")
-        await make_free(lab)
-        await agent1.wait_for_incoming(T)
-        await lab.link.queue_pause("PJSIP/agent2", False, "support")
-        await agent1.hangup()  # agent1 declines: not an attempt against the customer
         await agent2.wait_for_incoming(T)
+        await make_free(lab)
+        await agent2.hangup()  # agent2 declines: not an attempt against the customer
+        await agent1.wait_for_incoming(T)
         assert customer.state == "idle"
         row = await lab.booking(booking_id)
-        assert (row.status, row.agent_interface, row.attempts) == ("calling", "PJSIP/agent2", 0)
-        await agent2.answer()
+        assert (row.status, row.agent_interface, row.attempts) == ("calling", "PJSIP/agent1", 0)
+        await agent1.answer()
         await customer.wait_for_incoming(T)
         await customer.answer()
         await lab.wait_status(booking_id, "connected")
-        await agent2.hangup()
+        await agent1.hangup()
         await lab.wait_status(booking_id, "done")
         results = [(e.payload["result"], e.payload["counted"])
                    for e in await lab.history("callback_attempt")]
@@ -274,7 +274,8 @@ async def test_a_restarted_service_follows_the_live_call_and_never_dials_twice(
     assert (await lab.booking(booking_id)).status == "calling"
     links = lab.app[PBX_LINKS]
     again = CallbackService(lab.services, lambda: dict(links.links), attempts=2,
-                            retry_delay=RETRY_DELAY, tick=0.5, follow_check=1.0)
+                            retry_delay=RETRY_DELAY, tick=0.5, follow_check=1.0,
+                            first_delay=0.0)
     calls.listeners.append(again.on_change)
     await again.start()
     try:

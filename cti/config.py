@@ -112,6 +112,10 @@ class Settings:
     ivr_retries: int = 2
     # First-reply target of an SMS conversation (wallboard SLA; chat is 60 s).
     sms_first_reply_sla: float = 900.0
+    # Reports: answer-time target (s) of the service level, per queue overrides, FCR window.
+    report_service_level: float = 20.0
+    report_service_level_by_queue: tuple[tuple[str, float], ...] = ()
+    fcr_days: int = 3
     # This node's name in a cluster (leases, bus, health); default hostname-pid.
     node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
@@ -272,6 +276,20 @@ def _from_file(path: Path) -> dict[str, Any]:
         values["callback_attempts"] = int(n)
     if (n := _number(callbacks, "retry_delay", "callbacks", 1, 86400)) is not None:
         values["callback_retry_delay"] = n
+    reports = data.get("reports", {})
+    if not isinstance(reports, dict):
+        raise ConfigError("[reports] must be a table")
+    if (n := _number(reports, "service_level", "reports", 1, 3600)) is not None:
+        values["report_service_level"] = n
+    if (n := _number(reports, "fcr_days", "reports", 1, 90)) is not None:
+        values["fcr_days"] = int(n)
+    per_queue = reports.get("service_level_by_queue", {})
+    if not isinstance(per_queue, dict) or len(per_queue) > 1000:
+        raise ConfigError("[reports.service_level_by_queue] must be a table of queue = seconds")
+    values["report_service_level_by_queue"] = tuple(
+        (str(q)[:64], float(_number(per_queue, q, "reports.service_level_by_queue", 1, 3600) or 0))
+        for q in per_queue
+    )
     ivr = data.get("ivr", {})
     if not isinstance(ivr, dict):
         raise ConfigError("[ivr] must be a table")
@@ -409,6 +427,10 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         if not 1 <= sla <= 7 * 86400:
             raise ConfigError("CTI_SMS_FIRST_REPLY_SLA: seconds, 1..604800")
         values["sms_first_reply_sla"] = sla
+    if v := env.get("CTI_REPORT_SERVICE_LEVEL"):
+        values["report_service_level"] = _env_number(v, "CTI_REPORT_SERVICE_LEVEL", 1, 3600)
+    if v := env.get("CTI_FCR_DAYS"):
+        values["fcr_days"] = int(_env_number(v, "CTI_FCR_DAYS", 1, 90))
     if v := env.get("CTI_IVR_DIGIT_TIMEOUT"):
         values["ivr_digit_timeout"] = _env_number(v, "CTI_IVR_DIGIT_TIMEOUT", 0.5, 60)
     if v := env.get("CTI_IVR_RETRIES"):

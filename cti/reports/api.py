@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cti.api import principal, services
 from cti.auth import Role
+from cti.config import Settings
 from cti.errors import InvalidInput, NotFound
 from cti.keys import SERVICES
 from cti.reports.metrics import (
@@ -109,8 +110,17 @@ async def mark(request: web.Request) -> web.Response:
     return web.json_response({"conversation_id": path_id(request), "tags": tags})
 
 
+def options_from(settings: Settings) -> ReportOptions:
+    return ReportOptions(
+        service_level=settings.report_service_level,
+        service_level_by_queue=dict(settings.report_service_level_by_queue),
+        first_response_sla={"chat": 60.0, "sms": settings.sms_first_reply_sla, "social": 3600.0},
+        fcr_days=settings.fcr_days,
+    )
+
+
 def setup_reports(app: web.Application, options: ReportOptions | None = None) -> None:
     svc = app[SERVICES]
-    app[REPORT_OPTIONS] = options or ReportOptions()
+    app[REPORT_OPTIONS] = options or options_from(svc.settings)
     app[MARKING] = Marking(svc.sessions, svc.history)
     app.add_routes(routes)

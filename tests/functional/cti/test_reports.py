@@ -598,3 +598,21 @@ def test_csv_quotes_formulas_and_keeps_numbers() -> None:
 
     report = Report("x", period(), ("tag", "n"), [{"tag": "@SUM(A1)", "n": -1}], {"n": -1})
     assert csv_text(report).splitlines() == ["tag,n", "'@SUM(A1),-1", "TOTAL,-1"]
+
+
+def test_report_options_from_the_config_file(tmp_path: Path) -> None:
+    from cti.config import load_settings
+    from cti.reports.api import options_from
+
+    path = tmp_path / "cti.toml"
+    path.write_text(
+        "[server]\nsms_first_reply_sla = 600\n"
+        "[reports]\nservice_level = 15\nfcr_days = 7\n"
+        "[reports.service_level_by_queue]\nvip = 10\n",
+        encoding="utf-8",
+    )
+    options = options_from(load_settings(path, environ={}))
+    assert (options.service_level, dict(options.service_level_by_queue)) == (15.0, {"vip": 10.0})
+    assert (options.fcr_days, options.first_response_sla["sms"]) == (7, 600.0)
+    env = options_from(load_settings(None, environ={"CTI_FCR_DAYS": "5"}))
+    assert (env.fcr_days, env.service_level) == (5, 20.0)

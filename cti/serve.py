@@ -30,6 +30,7 @@ from cti.reports.api import setup_reports
 from cti.wallboard import setup_wallboard
 from cti.web import setup_web
 from cti.webchat.routes import setup_webchat
+from cti.ws import setup_ws
 
 log = logging.getLogger("cti.serve")
 
@@ -45,6 +46,7 @@ def build_app(settings: Settings, *, lab: bool = False) -> web.Application:
     setup_callbacks(app)
     setup_phone_api(app)
     setup_wallboard(app)
+    setup_ws(app)
     setup_desk_api(app)
     app.cleanup_ctx.append(sms_links())
     setup_webchat(app)  # after the SMS links: it wraps their sender

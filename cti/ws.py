@@ -18,7 +18,7 @@ import contextlib
 import json
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from cti.auth import Principal
 from cti.errors import DomainError, Unauthorized
@@ -30,6 +30,22 @@ MAX_CLIENT_MESSAGE = 4096
 SLOW_CONSUMER = 4008
 UNAUTHORIZED = 4001
 CLIENTS = frozenset({"desk", "softphone", "wallboard"})
+OPEN_SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("open_sockets", set)
+
+
+async def _close_sockets(app: web.Application) -> None:
+    """On shutdown: close every socket (1001) so shutdown does not wait for clients."""
+    sockets: set[web.WebSocketResponse] = app[OPEN_SOCKETS]
+    for ws in tuple(sockets):
+        with contextlib.suppress(ConnectionError):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+
+
+def setup_ws(app: web.Application) -> None:
+    """Track open sockets and close them when the server shuts down."""
+    if OPEN_SOCKETS not in app:
+        app[OPEN_SOCKETS] = set()
+        app.on_shutdown.append(_close_sockets)
 
 
 def _client(value: Any) -> str:
@@ -106,6 +122,9 @@ async def events(request: web.Request) -> web.WebSocketResponse:
         }
     )
     pump = asyncio.create_task(_pump(ws, sub), name=f"ws-pump-{who.agent_id}")
+    open_sockets = request.app.get(OPEN_SOCKETS)
+    if open_sockets is not None:
+        open_sockets.add(ws)
     try:
         async for msg in ws:
             if msg.type is WSMsgType.TEXT and msg.data == "ping":
@@ -113,6 +132,8 @@ async def events(request: web.Request) -> web.WebSocketResponse:
             elif msg.type is WSMsgType.ERROR:
                 break
     finally:
+        if open_sockets is not None:
+            open_sockets.discard(ws)
         services.hub.unsubscribe(sub)
         if client == "softphone":
             _phone_link(services.hub, who.agent_id)

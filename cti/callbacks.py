@@ -455,7 +455,8 @@ class CallbackService:
             "voice", customer.id, queue=row.queue, contact=row.number, external_ref=call_ref,
             linked_to_id=row.conversation_id,
         )
-        await self._move(row, ("calling",), dial_conversation_id=conv.id)
+        if not await self._move(row, ("calling",), dial_conversation_id=conv.id):
+            return  # cancelled meanwhile: nobody is called
         agent = await svc.agents.by_endpoint(interface)
         if agent is not None:
             await svc.screen_pop.pop(agent, conv, {

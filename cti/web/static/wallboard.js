@@ -6,7 +6,7 @@
 // the page simply fetches a fresh snapshot. All data goes in with textContent.
 
 const API = "/api/v1";
-const KEY = "cti.wallboard.token";
+const KEY = "cti.token"; // the desk's key: a wallboard opened from the desk (rel=opener) is signed in
 const $ = (sel) => document.querySelector(sel);
 
 let ws = null;

@@ -95,12 +95,16 @@ def _num(key: str) -> ColumnElement[Any]:
     return value
 
 
+def _is(kinds: Sequence[str]) -> ColumnElement[bool]:
+    return h.c.kind == kinds[0] if len(kinds) == 1 else h.c.kind.in_(kinds)
+
+
 def _when(kinds: Sequence[str], value: ColumnElement[Any] | int) -> ColumnElement[Any]:
-    return case((h.c.kind.in_(kinds), value), else_=null())
+    return case((_is(kinds), value), else_=null())
 
 
 def _flag(kinds: Sequence[str]) -> ColumnElement[Any]:
-    return func.max(case((h.c.kind.in_(kinds), 1), else_=0))
+    return func.max(case((_is(kinds), 1), else_=0))
 
 
 def _ratio(num: float | None, den: float | None, scale: float = 1.0) -> float | None:

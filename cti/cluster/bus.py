@@ -139,6 +139,7 @@ class EventBus:
         self._batch = batch
         self._block_ms = block_ms
         self._wake = asyncio.Event()
+        self._stopping = False
         self._up_event = asyncio.Event()
         self._drained = asyncio.Event()
         self._drained.set()
@@ -223,7 +224,7 @@ class EventBus:
     async def _reader(self) -> None:
         last_id: str | None = None
         backoff = 0.1
-        while True:
+        while not self._stopping:
             try:
                 if last_id is None:
                     last_id = await self._start_id()
@@ -302,9 +303,15 @@ class EventBus:
         if self.up:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained.wait(), flush_within)
+        # redis-py can hang when a blocking XREAD is cancelled: let the reader
+        # see the flag when its XREAD returns (<= block_ms), cancel only then.
+        self._stopping = True
+        reader = [t for t in self._tasks if t.get_name().startswith("bus-reader")]
+        if reader:
+            await asyncio.wait(reader, timeout=self._block_ms / 1000.0 + 3.0)
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.wait(list(self._tasks), timeout=5.0)
 
     def stats(self) -> BusStats:
         return BusStats(

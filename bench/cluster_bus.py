@@ -184,8 +184,9 @@ def main() -> None:
     parser.add_argument("--pops", type=int, default=500)
     parser.add_argument("--batch", type=int, default=500, help="bus read/write batch")
     args = parser.parse_args()
-    if not 1 <= args.events <= 1_000_000 or not 1 <= args.pops <= 1_000_000 or not 1 <= args.batch <= 10_000:
-        raise SystemExit("--events and --pops must be positive (and sane)")
+    limits = ((args.events, 1_000_000), (args.pops, 1_000_000), (args.batch, 10_000))
+    if any(not 1 <= value <= top for value, top in limits):
+        raise SystemExit("--events, --pops and --batch must be positive (and sane)")
     sys.exit(asyncio.run(main_async(args)))
 
 

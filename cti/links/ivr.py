@@ -121,10 +121,21 @@ def _probe(server: FastAgiServer, listen: HostPort) -> LinkProbe:
 
 def _pause_follower(app: web.Application, services: Services) -> ChangeListener:
     seen: dict[str, bool] = {}  # interface -> paused, as last applied
+    # (pbx, queue, interface) -> (paused, removed): most QueueMemberChanged events are
+    # device-state churn (ringing, in use); only a pause or membership change can change
+    # the agent's text availability, and only then are all queues looked at.
+    members: dict[tuple[str, str, str], tuple[bool, bool]] = {}
 
     async def on_change(change: Change) -> None:
         if not isinstance(change, QueueMemberChanged):
             return
+        key = (change.pbx, change.queue, change.interface)
+        state = (change.paused, change.removed)
+        if members.get(key) == state:
+            return
+        if len(members) >= MAX_FOLLOWED * 8:
+            members.clear()
+        members[key] = state
         registry = app.get(PBX_LINKS)
         links = list(registry.links.values()) if registry is not None else []
         paused = bool(member_status(links, change.interface)["paused"])

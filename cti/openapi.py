@@ -205,7 +205,14 @@ OPENAPI: dict[str, Any] = {
                 " with SLA state (live: wallboard messages on supervisors' sockets)"
             )
         },
-        "/api/v1/health": {"get": _op("State of each link", auth=False)},
+        "/api/v1/health": {
+            "get": _op(
+                "State of each link; in cluster mode links.cluster: node_id, redis, holds "
+                "(PBX links held), leases, bus (last_seq, pending, lag_ms)",
+                auth=False,
+            )
+        },
+        "/metrics": {"get": _op("Prometheus metrics of this node (text format)", auth=False)},
         "/api/v1/events": {
             "get": _op(
                 "WebSocket of live events (screen_pop, ...), each with seq; resume with last_seq",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import redis.asyncio as aioredis
 
 from cti.cluster.bus import decode_entry
 from cti.cluster.lease import LEASE_KEY, Lease
+
+pytestmark = pytest.mark.integration
 
 
 async def test_one_holder_then_takeover_with_a_larger_token(redis_url: str) -> None:

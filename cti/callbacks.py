@@ -470,7 +470,9 @@ class CallbackService:
             await link.originate(
                 interface, row.number, caller_id=callback_caller_id(customer.name, row.number),
                 correlation_id=correlation, ring_timeout=self.agent_ring_timeout,
-                variables={"CTI_CALLBACK_ID": str(row.id)},
+                variables={"CTI_CALLBACK_ID": str(row.id),
+                           **({"CTI_OUTBOUND_CID": svc.settings.callback_caller_id}
+                              if svc.settings.callback_caller_id else {})},
             )
         except OriginateFailed as exc:
             self._watches.pop(call_ref, None)

@@ -107,6 +107,8 @@ class Settings:
     chat_token_ttl: float = 24 * 3600.0
     callback_attempts: int = 3
     callback_retry_delay: float = 120.0
+    # What the customer's phone shows on a callback ("" = the agent leg's caller ID).
+    callback_caller_id: str = ""
     # IVR: seconds to wait for a key after a prompt, and repeats before the default route.
     ivr_digit_timeout: float = 5.0
     ivr_retries: int = 2
@@ -276,6 +278,10 @@ def _from_file(path: Path) -> dict[str, Any]:
         values["callback_attempts"] = int(n)
     if (n := _number(callbacks, "retry_delay", "callbacks", 1, 86400)) is not None:
         values["callback_retry_delay"] = n
+    if (v := _str(callbacks, "caller_id", "callbacks")) is not None:
+        if not re.fullmatch(r'(?:"[^"\r\n<>;]{0,40}" )?<?\+?[0-9]{2,15}>?', v.strip()):
+            raise ConfigError('callbacks.caller_id: expected "Name" <+number> or a number')
+        values["callback_caller_id"] = v.strip()
     reports = data.get("reports", {})
     if not isinstance(reports, dict):
         raise ConfigError("[reports] must be a table")

@@ -80,6 +80,8 @@ class LabQueue:
     maxlen: int | None = None
     announce_frequency: int | None = None
     periodic_announce_frequency: int | None = None
+    # Keys the waiting caller is offered: "1" SMS / web chat, "2" callback ("" = none).
+    offers: str = "12"
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -317,6 +317,30 @@ def make_inbound(config: IvrConfig = DEFAULT_CONFIG) -> Flow:
     return recording_hangups(inbound)
 
 
+OFFER_KEYS = "12"  # 1: continue by SMS / web chat, 2: callback
+
+
+async def queue_offers(session: AgiSession, queue: str) -> str:
+    """The keys this queue offers: the dialplan global ``CTI_OFFERS_<queue>`` (rendered
+    from the PBX description; "" = no offer), every offer when it is not set."""
+    if not queue or not all(c.isalnum() or c in "_-" for c in queue):
+        return OFFER_KEYS
+    value = await session.get_variable(f"CTI_OFFERS_{queue}")
+    if value is None:
+        return OFFER_KEYS
+    return "".join(key for key in OFFER_KEYS if key in value)
+
+
+def offer_prompts(config: IvrConfig, offers: str) -> list[str]:
+    """The configured offer prompts, keeping each offered key's "press N" pair."""
+    prompts = list(config.offer_prompts)
+    pairs = [prompts[i:i + 2] for i in range(0, len(prompts), 2)]
+    if len(pairs) != len(OFFER_KEYS):
+        return prompts
+    return [name for key, pair in zip(OFFER_KEYS, pairs, strict=True) if key in offers
+            for name in pair]
+
+
 def make_announce(config: IvrConfig = DEFAULT_CONFIG) -> Flow:
     async def announce(session: AgiSession, ports: IvrPorts, rec: CallRecorder) -> None:
         """Periodic: position (Asterisk's QUEUEPOSITION) and wait, then the 1 / 2 offer.
@@ -332,7 +356,11 @@ def make_announce(config: IvrConfig = DEFAULT_CONFIG) -> Flow:
         if queue:
             await _announce_wait(session, ports, rec, queue, config, position)
         session.step = "offer"
-        digit = await session.play(list(config.offer_prompts), "12")
+        offers = await queue_offers(session, queue)
+        if not offers:
+            session.step = "done"
+            return
+        digit = await session.play(offer_prompts(config, offers), offers)
         if digit:
             await session.set_variable("CTI_EXIT_KEY", digit)
             await rec.record("offer", f"pressed:{digit}")
@@ -463,7 +491,10 @@ def make_queue_exit(config: IvrConfig = DEFAULT_CONFIG) -> Flow:
         if customer_id:
             rec.customer = Customer(customer_id, "")
         await rec.record("queue_exit", f"pressed:{digit}")
-        if digit == "1":
+        queue = await session.get_variable("CTI_QUEUE") or ""
+        if digit not in await queue_offers(session, queue):
+            await session.set_variable("CTI_EXIT_OUTCOME", "requeue")
+        elif digit == "1":
             await _deflect(session, ports, rec, config)
         elif digit == "2":
             await _callback(session, ports, rec, config)

@@ -34,6 +34,8 @@ RESERVED_NAMES = frozenset({"global", "general", "globals", "transport-udp", "tr
 QUEUE_OVERRIDES = ("strategy", "timeout", "retry", "wrapuptime", "servicelevel", "weight",
                    "maxlen", "announce_frequency", "periodic_announce_frequency")
 REGISTRATION_DEFAULTS = {"expiration": 300, "retry_interval": 30}
+# The IVR's offers to waiting callers and their keys (ivr/flows.py OFFER_KEYS).
+OFFER_KEYS = {"sms_chat": "1", "callback": "2"}
 REQUIRED_READ = frozenset(AMI_READ.split(","))
 REQUIRED_WRITE = frozenset(AMI_WRITE.split(","))
 DANGEROUS_WRITE = frozenset({"command", "system", "config"})
@@ -267,7 +269,8 @@ def template_params(data: Mapping[str, Any]) -> dict[str, Any]:
         "agents": [LabAgent(a["name"], a["secret"], a["extension"], a["display_name"])
                    for a in data["agents"]],
         "queues": [LabQueue(q["name"], q["number"], tuple(q["members"]),
-                            **{k: q[k] for k in QUEUE_OVERRIDES if k in q})
+                            **{k: q[k] for k in QUEUE_OVERRIDES if k in q},
+                            offers=offer_keys(q.get("offers", list(OFFER_KEYS))))
                    for q in data["queues"]],
         "default_queue": data["ivr"]["default_queue"],
         "queue_strategy": qs["strategy"],
@@ -290,6 +293,10 @@ def template_params(data: Mapping[str, Any]) -> dict[str, Any]:
         "rtp_start": data["system"]["rtp_start"],
         "rtp_end": data["system"]["rtp_end"],
     }
+
+
+def offer_keys(offers: list[str]) -> str:
+    return "".join(key for name, key in OFFER_KEYS.items() if name in offers)
 
 
 def _registration(reg: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cti.lab import render_templates
-from cti.pbxconf.description import template_params
+from cti.pbxconf.description import OFFER_KEYS, template_params
 
 MAX_CONF_BYTES = 4 * 1024 * 1024
 # Which reload makes Asterisk read each file; None: only a restart does.
@@ -148,6 +148,15 @@ def _queue_overrides(items: list[tuple[str, str]], shared: dict[str, Any]) -> di
             if key in ("weight", "maxlen") or value != effective.get(key)}
 
 
+def _queue_offers(ivr: list[Section], items: list[tuple[str, str]]) -> list[str]:
+    contexts = _all(items, "context")
+    if not contexts:
+        return []
+    keys = {key for name, entries in ivr if name == contexts[0]
+            for kind, value in entries if kind == "exten" for key in [value.split(",")[0]]}
+    return [name for name, key in OFFER_KEYS.items() if key in keys]
+
+
 def _registration(pjsip: list[Section]) -> dict[str, Any]:
     regs = [items for name, items in pjsip if name == "carrier-reg"]
     if not regs:
@@ -223,6 +232,9 @@ def _build(conf: dict[str, list[Section]]) -> dict[str, Any]:
         members = [v.split(",")[2] for v in _all(items, "member")]
         queue: dict[str, Any] = {"name": name, "number": numbers[name], "members": members}
         queue.update(_queue_overrides(items, queue_settings))
+        offers = _queue_offers(conf["extensions_ivr.conf"], items)
+        if offers != list(OFFER_KEYS):
+            queue["offers"] = offers
         queues.append(queue)
     agi = None
     for key, value in _section(conf["extensions_ivr.conf"], "cti-inbound"):

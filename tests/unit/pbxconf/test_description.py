@@ -270,3 +270,26 @@ def test_queue_override_out_of_range_is_refused_with_its_line() -> None:
     (finding,) = info.value.findings
     assert "queues/1/strategy" in finding.message
     assert finding.line == line_of(text, "strategy: roundrobin")
+
+
+def test_per_queue_offers_render_and_round_trip(tmp_path: Path) -> None:
+    data = example()
+    data["queues"][0]["offers"] = ["callback"]
+    data["queues"][1]["offers"] = []
+    files = render(data)
+    queues = dict(parse_conf(files["queues.conf"]))
+    assert dict(queues["support"])["context"] == "cti-queue-exit-support"
+    assert "context" not in dict(queues["sales"])
+    ivr = parse_conf(files["extensions_ivr.conf"])
+    support_exit = next(items for name, items in ivr if name == "cti-queue-exit-support")
+    assert support_exit == [("exten", "2,1,Goto(cti-queue-exit,2,1)")]
+    assert not [name for name, _ in ivr if name == "cti-queue-exit-sales"]
+    globals_ = dict(next(items for name, items in parse_conf(files["extensions.conf"])
+                         if name == "globals"))
+    assert globals_["CTI_OFFERS_support"] == "2" and globals_["CTI_OFFERS_sales"] == ""
+    for name, text in files.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    assert import_dir(tmp_path) == data
+    data["queues"][0]["offers"] = ["sms"]
+    with pytest.raises(DescriptionError, match="queues/0/offers"):
+        parse_description(dump_description(data), "desc.yaml")

@@ -19,6 +19,7 @@ deflected``, so reports never count it as abandoned.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -48,6 +49,7 @@ from pbx.changes import (
 )
 
 log = logging.getLogger(__name__)
+MAX_CALL_IDS = 10_000
 
 MAX_DEFLECTED_MEMO = 10_000
 ANONYMOUS = {"", "anonymous", "unknown", "restricted", "<unknown>"}
@@ -76,6 +78,8 @@ class CallHandler:
         self._pop = screen_pop
         self._hub = hub
         self.link_state: dict[str, PbxLinkChanged] = {}
+        # call id -> (conversation id, customer id) of live calls (see _record)
+        self._call_ids: OrderedDict[str, tuple[int, int]] = OrderedDict()
         # Other services that follow PBX changes (presence, IVR, callbacks, wallboard):
         # each is awaited after the call bookkeeping, in order; one failing is logged.
         self.listeners: list[Callable[[Change], Awaitable[None]]] = []
@@ -149,6 +153,7 @@ class CallHandler:
                 )
             case CallEnded():
                 await self._ended(change)
+                self._call_ids.pop(change.call_id, None)
             case PbxLinkChanged():
                 self.link_state[change.pbx] = change
             case _:
@@ -187,6 +192,7 @@ class CallHandler:
     ) -> Conversation:
         existing = await self._conversations.by_ref(call_id)
         if existing is not None:
+            self._remember(call_id, existing)
             return existing
         if number.strip().lower() in ANONYMOUS:
             customer = await self._customers.new_anonymous(name or "Anonymous caller")
@@ -200,7 +206,13 @@ class CallHandler:
             external_ref=call_id,
             queued_at=_at(at),
         )
+        self._remember(call_id, conv)
         return conv
+
+    def _remember(self, call_id: str, conv: Conversation) -> None:
+        if len(self._call_ids) >= MAX_CALL_IDS:
+            self._call_ids.popitem(last=False)
+        self._call_ids[call_id] = (conv.id, conv.customer_id)
 
     async def _set_queue(self, conv: Conversation, queue: str) -> None:
         if conv.queue != queue:
@@ -212,15 +224,22 @@ class CallHandler:
 
     async def _record(
         self, call_id: str, kind: str, at: float, payload: dict[str, Any], key: str
-    ) -> Conversation | None:
-        conv = await self._conversations.by_ref(call_id)
-        if conv is None:
-            log.debug("%s for unknown call %s ignored", kind, call_id)
-            return None
+    ) -> None:
+        # The ids of a call's conversation never change while it lasts: remembered
+        # per call id (bounded), one query per call instead of one per change.
+        ids = self._call_ids.get(call_id)
+        if ids is None:
+            conv = await self._conversations.by_ref(call_id)
+            if conv is None:
+                log.debug("%s for unknown call %s ignored", kind, call_id)
+                return
+            self._remember(call_id, conv)
+            ids = (conv.id, conv.customer_id)
+        conv_id, customer_id = ids
         await self._history.add(
             HistoryEntry(
-                customer_id=conv.customer_id,
-                conversation_id=conv.id,
+                customer_id=customer_id,
+                conversation_id=conv_id,
                 kind=kind,
                 channel="voice",
                 occurred_at=_at(at),
@@ -228,7 +247,6 @@ class CallHandler:
                 dedup_key=f"{call_id}:{key}"[:200],
             )
         )
-        return conv
 
     async def _offered(self, change: CallOffered) -> None:
         conv = await self._ensure(

@@ -37,7 +37,7 @@ from cti.services import Services
 from ivr.ports import CallbackRequest
 from pbx.actions import PbxError
 from pbx.link import AmiLink, LinkSettings
-from tests.peers.sipp import Dtmf, Pause, SippFactory
+from tests.integration.ivr_cti.support import agi_session, key_in, press_while_queued
 
 pytestmark = pytest.mark.integration
 
@@ -321,19 +321,8 @@ async def served(tmp_path: Path, lab_pbx: LabPbx) -> AsyncIterator[tuple[web.App
         await client.close()
 
 
-async def press(link: AmiLink, channel: str, digit: str, done: Callable[[], bool]) -> None:
-    """RFC 2833-like press through AMI PlayDTMF (re-pressed if it fell between commands)."""
-    for _ in range(10):
-        await link.play_dtmf(channel, digit, receive=True)
-        with contextlib.suppress(AssertionError, pytest.fail.Exception):
-            await until(f"the effect of pressing {digit}", done, within=4.0)
-            return
-    pytest.fail(f"pressing {digit} on {channel} had no effect")
-
-
 async def test_caller_presses_2_in_the_queue_then_agent_first_then_customer(
     served: tuple[web.Application, AmiLink], lab_pbx: LabPbx, phone_factory: Any,
-    sipp_caller: SippFactory,
 ) -> None:
     app, link = served
     services = app[SERVICES]
@@ -348,45 +337,28 @@ async def test_caller_presses_2_in_the_queue_then_agent_first_then_customer(
     await until("agent1 registered and paused", lambda: (m := _member(link, "PJSIP/agent1"))
                 is not None and m.device_state == "NOT_INUSE" and m.paused)
 
-    # English (1), support (3); then the caller waits in the queue (nobody free)
-    caller = sipp_caller(number="100", caller_number=NUMBER.lstrip("+"),
-                         caller_name="Ivan Petrov",
-                         steps=[Pause(1.5), Dtmf("1"), Pause(2.5), Dtmf("3")], hangup_after=120)
-    waiting: list[str] = []
+    # The caller: a pjsua2 UA on the lab trunk (identified by 127.0.0.1) with the
+    # customer's number, keying RFC 2833 itself: English (1), support (3); then it
+    # waits in the queue (nobody free) and presses 2, and 1 to confirm its number.
+    number = NUMBER.lstrip("+")
+    caller = await phone_factory.customer(0, username="caller")
+    await caller.call(f"sip:100@{lab_pbx.host}:{lab_pbx.sip_port}", caller_id=number,
+                      caller_name="Ivan Petrov")
+    await caller.wait_state("connected", T)
+    await key_in(agi, caller, number, "language", "1", within=60)
+    await key_in(agi, caller, number, "menu", "3", within=60)
 
     def queued() -> bool:
         q = link.queue("support")
-        waiting[:] = [w.channel for w in (q.waiting if q else ())
-                      if w.caller_number == NUMBER.lstrip("+")]
-        return bool(waiting)
+        return any(w.caller_number == number for w in (q.waiting if q else ()))
 
-    await until("the caller waiting in support", queued, within=60)
-    channel = waiting[0]
-    await press(link, channel, "2", lambda: any(s.environment.script == "queue-exit"
-                                                for s in agi.sessions()))
-    await until("the number read back for confirmation", lambda: any(
-        s.environment.script == "queue-exit" and s.step == "callback_confirm"
-        and s.pending_command in ("SAY DIGITS", "STREAM FILE", "GET DATA")
-        for s in agi.sessions()))
-    booked: list[CallbackBookingRow] = []
+    async def exiting() -> bool:
+        return agi_session(agi, number, "queue-exit") is not None
 
-    async def refresh() -> None:
-        booked[:] = await callbacks.list_bookings()
-
-    async def pressed_confirm() -> None:
-        for _ in range(10):
-            await link.play_dtmf(channel, "1", receive=True)
-            deadline = time.monotonic() + 4.0
-            while time.monotonic() < deadline:
-                await refresh()
-                if booked:
-                    return
-                await asyncio.sleep(0.2)
-        pytest.fail("confirming the number with 1 booked no callback")
-
-    await pressed_confirm()
-    result = await caller.wait_async()  # the IVR thanked the caller and hung up
-    assert result.successful_calls == 1, result
+    await press_while_queued(caller, "2", queued, exiting)
+    await key_in(agi, caller, number, "callback_confirm", "1", script="queue-exit", within=60)
+    await caller.wait_state("disconnected", T)  # the IVR booked, thanked and hung up
+    booked = await callbacks.list_bookings()
     (row,) = booked
     assert (row.number, row.queue, row.status, row.customer_id) == (
         NUMBER, "support", "waiting", customer_row.id)

@@ -26,7 +26,9 @@ from cti.links.pbx import PBX_LINKS
 from cti.models import Conversation
 from cti.serve import build_app
 from cti.services import Services
+from cti.softphone import SoftPhone
 from ivr.server import FastAgiServer
+from ivr.session import AgiSession
 from tests.integration.ivr.ami import AmiProbe
 from tests.peers.ports import free_port
 from tests.peers.smsc import Smsc
@@ -42,6 +44,72 @@ async def until(what: str, check: Callable[[], Awaitable[bool]], within: float =
     while not await check():
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {within:g} s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def agi_session(agi: FastAgiServer, number: str, script: str) -> AgiSession | None:
+    """The running ``script`` flow of the call from ``number``, if any."""
+    for session in agi.sessions():
+        env = session.environment
+        if env.script == script and env.caller_number == number:
+            return session
+    return None
+
+
+async def key_in(agi: FastAgiServer, phone: SoftPhone, number: str, step: str, digit: str,
+                 *, script: str = "inbound", within: float = TIMEOUT) -> None:
+    """The caller's phone keys ``digit`` (RFC 2833) when the IVR asks at ``step``.
+
+    Theory of operation: Asterisk drops DTMF that reaches an AGI channel between
+    two commands, and a prompt without escape digits ignores it, so the digit is
+    sent only while ``read_digits`` can take it: during its first attempt's
+    prompts (all escapable STREAM FILEs, then GET DATA), or, after a miss (the
+    session counted an invalid input), during the retry's GET DATA only (the
+    invalid-option prompt before it is not escapable). Done once the flow left
+    ``step``; never pressed twice for one attempt.
+    """
+    deadline = time.monotonic() + within
+    seen: AgiSession | None = None
+    first_invalid = 0
+    pressed_invalid: int | None = None
+    while True:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{script} flow of {number}: {digit} at {step} not taken "
+                        f"within {within:g} s")
+        session = agi_session(agi, number, script)
+        if seen is not None and (session is not seen or seen.step != step):
+            return  # the flow went on (or ended: the test's assertions say how)
+        if session is not None and session.step == step:
+            if seen is None:
+                seen, first_invalid = session, session.invalid_inputs
+            if pressed_invalid is not None and session.invalid_inputs != pressed_invalid:
+                pressed_invalid = None  # not heard: the IVR asks again
+            command = session.pending_command
+            if pressed_invalid is None and (command == "GET DATA" or (
+                    command == "STREAM FILE" and session.invalid_inputs == first_invalid)):
+                pressed_invalid = session.invalid_inputs
+                await phone.send_dtmf(digit)
+        await asyncio.sleep(0.05)
+
+
+async def press_while_queued(phone: SoftPhone, digit: str, queued: Callable[[], bool],
+                             done: Callable[[], Awaitable[bool]], within: float = 90.0,
+                             again_after: float = 5.0) -> None:
+    """The caller's phone keys ``digit`` (RFC 2833) while it waits in Queue().
+
+    A digit heard in the queue takes the caller to the exit context at once (it
+    leaves the queue), so it is pressed again only if the caller still waits
+    ``again_after`` seconds later, until ``done``.
+    """
+    deadline = time.monotonic() + within
+    pressed_at = float("-inf")
+    while not await done():
+        now = time.monotonic()
+        if now > deadline:
+            pytest.fail(f"pressing {digit} in the queue had no effect within {within:g} s")
+        if queued() and now - pressed_at > again_after:
+            await phone.send_dtmf(digit)
+            pressed_at = now
         await asyncio.sleep(0.1)
 
 

@@ -1,7 +1,7 @@
 """A waiting caller moves to web chat / SMS through ``cti serve``'s IVR, end to end:
-SIPp caller (RFC 2833 DTMF) -> lab dialplan -> our FastAGI server -> cti ports ->
-SMS on the test SMSC -> the caller writes -> an agent who becomes free gets the
-chat with the voice leg and the IVR choices; the call counts as deflected."""
+pjsua2 caller on the lab trunk (RFC 2833 DTMF) -> lab dialplan -> our FastAGI server
+-> cti ports -> SMS on the test SMSC -> the caller writes -> an agent who becomes free
+gets the chat with the voice leg and the IVR choices; the call counts as deflected."""
 
 from __future__ import annotations
 
@@ -9,8 +9,15 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.integration.ivr_cti.support import TIMEOUT, Server, until
-from tests.peers.sipp import Dtmf, Pause, SippFactory
+from cti.lab import LabPbx
+from tests.integration.ivr_cti.support import (
+    TIMEOUT,
+    Server,
+    key_in,
+    press_while_queued,
+    until,
+)
+from tests.peers.phones import PhoneFactory
 
 pytestmark = pytest.mark.integration
 
@@ -19,31 +26,32 @@ REPLY = "Я лучше напишу: <b>заказ 5120</b> где?"
 CHAT_TEXT = "And from the chat page: is order 5120 on its way?"
 
 
-# English (1), then support (3), as RFC 2833 from SIPp.
-LANGUAGE_AND_MENU = [Pause(1.5), Dtmf("1"), Pause(2.5), Dtmf("3")]
-
-
 async def test_caller_deflects_to_chat_and_keeps_context(
-    server: Server, sipp_caller: SippFactory
+    server: Server, lab_pbx: LabPbx, customer_phone_factory: PhoneFactory
 ) -> None:
     services = server.services
     customer_id = await server.customer("Иван Петров", CALLER)
     olga = await server.agent("olga", "PJSIP/agent1")
     await server.pause(olga, True)  # nobody free: the text conversation has to wait
 
-    caller = sipp_caller(number="100", caller_number=CALLER, caller_name="Ivan Petrov",
-                         steps=LANGUAGE_AND_MENU, hangup_after=90.0)
+    # The caller is a pjsua2 UA on the lab trunk (identified by its address,
+    # 127.0.0.1) presenting the customer's number; every key is its own RFC 2833.
+    caller = await customer_phone_factory.customer(0, username="caller")
+    await caller.call(f"sip:100@{lab_pbx.host}:{lab_pbx.sip_port}", caller_id=CALLER,
+                      caller_name="Ivan Petrov")
+    await caller.wait_state("connected", TIMEOUT)
+    await key_in(server.agi, caller, CALLER, "language", "1")  # English
+    await key_in(server.agi, caller, CALLER, "menu", "3")  # support
 
     async def sms_sent() -> bool:
         return bool(await server.sms_links_to(CALLER))
 
-    # In the queue the caller presses 1 (see docs/ivr.md, "cti serve wiring", on why
-    # this digit is PlayDTMF and not a second SIPp pcap).
-    await server.press_in_queue(CALLER, "1", sms_sent)
+    # Nobody is free: in the queue the caller presses 1 (SMS / web chat).
+    await press_while_queued(caller, "1", lambda: server.waiting_channel(CALLER) is not None,
+                             sms_sent)
     link = (await server.sms_links_to(CALLER))[0]
     assert link.startswith(services.settings.base_url() + "/c/"), link
-    result = await caller.wait_async()
-    assert result.successful_calls == 1, result
+    await caller.wait_state("disconnected", TIMEOUT)  # the IVR thanked the caller, hung up
 
     conv = await server.deflected(CALLER)
     assert conv is not None, "no queued chat conversation for the caller"

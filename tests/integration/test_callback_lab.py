@@ -44,6 +44,7 @@ pytestmark = pytest.mark.integration
 T = 30.0
 NUMBER = "+79161234567"
 NAME = "Иван Петров"
+SHOP_NUMBER = "+74950000000"
 RETRY_DELAY = 3.0
 FAST = LinkSettings(ping_interval=1.0, ping_timeout=3.0, backoff_min=0.2, backoff_max=1.0)
 
@@ -94,6 +95,7 @@ async def lab(tmp_path: Path, lab_pbx: LabPbx) -> AsyncIterator[Lab]:
         secret_key="test-secret",
         bootstrap_admin=BootstrapAdmin("admin", "admin-password"),
         history_flush_interval=0.01,
+        callback_caller_id=f'"Shop" <{SHOP_NUMBER}>',
         ami=(AmiServer("lab", lab_pbx.host, lab_pbx.ami_port, lab_pbx.ami_user,
                        lab_pbx.ami_secret),),
     )
@@ -170,6 +172,8 @@ async def test_agent_rings_first_then_the_customer_and_both_connect(
     await agent1.answer()
     incoming = await customer.wait_for_incoming(T)
     assert incoming.called_number == NUMBER
+    # [callbacks] caller_id: the customer sees the contact center, not their own number
+    assert (incoming.caller_number, incoming.caller_name) == (SHOP_NUMBER, "Shop")
     await customer.answer()
     await customer.wait_state("connected", T)
     await agent1.wait_state("connected", T)

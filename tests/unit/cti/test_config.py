@@ -99,5 +99,5 @@ def test_callback_caller_id_is_checked(tmp_path: Path) -> None:
     conf.write_text('[callbacks]\ncaller_id = \'"Shop" <+74950000000>\'\n', encoding="utf-8")
     assert load_settings(conf, environ={}).callback_caller_id == '"Shop" <+74950000000>'
     conf.write_text('[callbacks]\ncaller_id = "Shop\\r\\nX-Injected: 1"\n', encoding="utf-8")
-    with pytest.raises(ConfigError, match="callbacks.caller_id"):
+    with pytest.raises(ConfigError, match=r"callbacks\.caller_id"):
         load_settings(conf, environ={})

@@ -183,6 +183,7 @@ function sendMo(opts) {
 const server = smpp.createServer((session) => {
   session.id = Math.random().toString(36).slice(2, 10);
   session.bound = false;
+  session.socket.setNoDelay(true);  // answer when due, not when Nagle lets it go
   sessions.add(session);
   session.on('close', () => sessions.delete(session));
   session.on('error', () => sessions.delete(session));

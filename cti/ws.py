@@ -106,8 +106,12 @@ async def events(request: web.Request) -> web.WebSocketResponse:
         client = _client(client_raw)
     except (DomainError, TimeoutError) as exc:
         message = exc.message if isinstance(exc, DomainError) else "no auth message in time"
-        await ws.send_json({"type": "error", "error": {"code": "unauthorized", "message": message}})
-        await ws.close(code=UNAUTHORIZED, message=b"unauthorized")
+        # A client that sent no auth and left is gone already: nothing to tell it.
+        with contextlib.suppress(ConnectionResetError):
+            await ws.send_json(
+                {"type": "error", "error": {"code": "unauthorized", "message": message}}
+            )
+            await ws.close(code=UNAUTHORIZED, message=b"unauthorized")
         return ws
     sub = services.hub.subscribe(who.agent_id, last_seq, client=client, role=str(who.role))
     if client == "softphone":

@@ -180,11 +180,12 @@ async def test_call_pop_hangup_wrapup_dial_and_pause_sync(
     assert desk_browser.dialogs == []
 
 
-async def test_blind_transfer_to_a_colleague_takes_the_card_along(
-    lab_desk: LabDesk, desk_browser: DeskBrowser, phone_factory: Any, sipp_caller: Any,
-    lab_pbx: LabPbx,
-) -> None:
-    desk = lab_desk
+@contextlib.asynccontextmanager
+async def agent1_on_a_queue_call(
+    desk: LabDesk, desk_browser: DeskBrowser, phone_factory: Any, sipp_caller: Any
+) -> AsyncIterator[tuple[Any, Any, Any, Any, Any]]:
+    """Both agents' desks open, agent2 paused, agent1 answering a SIPp queue call from
+    the known customer: (page1, page2, phone1, phone2, caller)."""
     await desk.services.customers.create(NAME, [ContactInput("phone", NUMBER)])
     page1 = await desk_browser.new_page()
     await desk.login(page1, "agent1")
@@ -201,6 +202,18 @@ async def test_blind_transfer_to_a_colleague_takes_the_card_along(
                              hangup_after=60)
         await phone1.wait_for_incoming(20)
         await phone1.answer()
+        yield page1, page2, phone1, phone2, caller
+    finally:
+        with contextlib.suppress(PbxError):
+            await desk.link.queue_pause("PJSIP/agent2", False, "support")
+
+
+async def test_blind_transfer_to_a_colleague_takes_the_card_along(
+    lab_desk: LabDesk, desk_browser: DeskBrowser, phone_factory: Any, sipp_caller: Any,
+    lab_pbx: LabPbx,
+) -> None:
+    async with agent1_on_a_queue_call(lab_desk, desk_browser, phone_factory,
+                                      sipp_caller) as (page1, page2, phone1, phone2, caller):
         await page1.wait_for_function(
             "() => document.getElementById('call-state')?.textContent === 'answered'"
         )
@@ -228,38 +241,15 @@ async def test_blind_transfer_to_a_colleague_takes_the_card_along(
         await page2.wait_for_selector("#call-wrapup:not([hidden])")
         await page2.click("#call-wrapup-done")
         await page2.wait_for_function("() => document.body.dataset.status !== 'wrapup'")
-    finally:
-        with contextlib.suppress(PbxError):
-            await desk.link.queue_pause("PJSIP/agent2", False, "support")
 
 
 async def test_attended_transfer_from_the_desk(
     lab_desk: LabDesk, desk_browser: DeskBrowser, phone_factory: Any, sipp_caller: Any,
     lab_pbx: LabPbx,
 ) -> None:
-    desk = lab_desk
-    await desk.services.customers.create(NAME, [ContactInput("phone", NUMBER)])
-    page1 = await desk_browser.new_page()
-    await desk.login(page1, "agent1")
-    page2 = await desk_browser.new_page()
-    await desk.login(page2, "agent2")
-    await desk.link.queue_pause("PJSIP/agent2", True, "support", "transfer test")
-    try:
-        phone1 = await phone_factory("agent1")
-        phone2 = await phone_factory("agent2")
-        await until("agent1 free in the support queue", lambda: (m := desk.member()) is not None
-                    and m.device_state == "NOT_INUSE" and not m.paused)
-        caller = sipp_caller(number="100", caller_number=NUMBER, caller_name="IVAN",
-                             hangup_after=60)
-        await phone1.wait_for_incoming(20)
-        # Quirk: AMI Atxfer plays the atxfer feature code into the agent's channel,
-        # which works only if the bridge lets the agent transfer. The lab's Queue()
-        # has no "t" option, so the caller's channel gets BRIDGE_FEATURES=t (callee
-        # may transfer) before the agent answers, as a deployment's dialplan would.
-        calls = desk.link.calls()
-        assert len(calls) == 1, calls
-        await desk.link.setvar("BRIDGE_FEATURES", "t", calls[0].channel)
-        await phone1.answer()
+    async with agent1_on_a_queue_call(lab_desk, desk_browser, phone_factory,
+                                      sipp_caller) as (page1, page2, phone1, phone2, caller):
+        # Atxfer works because the dialplan's Queue() has option t (agent may transfer).
         await page1.wait_for_function(
             "() => document.getElementById('call-state')?.textContent === 'answered'"
         )
@@ -282,9 +272,6 @@ async def test_attended_transfer_from_the_desk(
         await phone2.wait_state("disconnected", 15)
         result = await caller.wait_async(30)
         assert result.successful_calls == 1, result
-    finally:
-        with contextlib.suppress(PbxError):
-            await desk.link.queue_pause("PJSIP/agent2", False, "support")
 
 
 async def test_desk_answers_through_the_linked_softphone(

@@ -131,7 +131,9 @@ def test_applied_queue_takes_a_call_answered_by_the_applied_agent(
     apply(data, pbx.etc_dir, AmiTarget.from_url(pbx.ami_url))
     pbx.agents["agent5"] = str(AGENT5["secret"])  # what the SIPp helpers register with
     agent = agent_answering(pbx, tmp_path / "sipp", "agent5", ring=0.5, timeout=60)
-    caller = caller_call(pbx, tmp_path / "sipp", number="300", hangup_after=2.0, timeout=60)
+    # The caller is answered before the IVR and Queue() run; it must stay long
+    # enough for the queue to ring agent5 on a loaded machine (CI once took >2 s).
+    caller = caller_call(pbx, tmp_path / "sipp", number="300", hangup_after=8.0, timeout=60)
     assert caller.wait(60).ok
     assert agent.wait(60).ok
     assert "billing has 0 calls" in pbx.cli("queue show billing")

@@ -9,11 +9,13 @@ from typing import Any
 from aiohttp import web
 
 from cti import api, ws
+from cti.cluster.health import setup_cluster_health
 from cti.cluster.hub import ClusterHub
 from cti.cluster.node import cluster_probe
 from cti.config import Settings
 from cti.errors import DomainError
 from cti.keys import SERVICES
+from cti.logs import correlation_middleware
 from cti.services import Services
 
 log = logging.getLogger(__name__)
@@ -85,10 +87,14 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings, services: Services | None = None) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[correlation_middleware, error_middleware],
+    )
     app[SERVICES] = services or Services(settings)
     app.cleanup_ctx.append(_services_ctx)
     app.cleanup_ctx.append(_redis_ctx)
+    setup_cluster_health(app)  # after Redis: it publishes this node's health there
     app.add_routes(api.routes)
     app.router.add_get("/api/v1/events", ws.events)
     return app

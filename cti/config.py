@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 import phonenumbers
 
+from cti.logs import LOG_FORMATS, LOG_LEVELS
 from sms_gateway.esme import SmppConfig, SmppConfigError
 
 
@@ -120,6 +121,9 @@ class Settings:
     fcr_days: int = 3
     # This node's name in a cluster (leases, bus, health); default hostname-pid.
     node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    # Logs on stderr: "text" or "json" (one object per line), and the level.
+    log_format: str = "text"
+    log_level: str = "INFO"
 
     def database_url(self) -> str:
         if self.db_url:
@@ -303,10 +307,30 @@ def _from_file(path: Path) -> dict[str, Any]:
         values["ivr_digit_timeout"] = n
     if (n := _number(ivr, "retries", "ivr", 0, 5)) is not None:
         values["ivr_retries"] = int(n)
+    values.update(_logging(data))
     values["ami"] = _list_of_links(data, "pbx", parse_ami_url, "ami_url")
     values["smpp"] = _list_of_links(data, "smpp", parse_smpp_url, "smpp_url")
     values["modems"] = _modems(data)
     values["sms_routes"] = _sms_routes(data)
+    return values
+
+
+def parse_log_choice(value: str, choices: tuple[str, ...], name: str) -> str:
+    v = value.strip().upper() if choices is LOG_LEVELS else value.strip().lower()
+    if v not in choices:
+        raise ConfigError(f"{name}: one of {', '.join(choices)}")
+    return v
+
+
+def _logging(data: Mapping[str, Any]) -> dict[str, Any]:
+    section = data.get("logging", {})
+    if not isinstance(section, dict):
+        raise ConfigError("[logging] must be a table")
+    values: dict[str, Any] = {}
+    if (v := _str(section, "format", "logging")) is not None:
+        values["log_format"] = parse_log_choice(v, LOG_FORMATS, "logging.format")
+    if (v := _str(section, "level", "logging")) is not None:
+        values["log_level"] = parse_log_choice(v, LOG_LEVELS, "logging.level")
     return values
 
 
@@ -441,6 +465,10 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         values["ivr_digit_timeout"] = _env_number(v, "CTI_IVR_DIGIT_TIMEOUT", 0.5, 60)
     if v := env.get("CTI_IVR_RETRIES"):
         values["ivr_retries"] = int(_env_number(v, "CTI_IVR_RETRIES", 0, 5))
+    if v := env.get("CTI_LOG_FORMAT"):
+        values["log_format"] = parse_log_choice(v, LOG_FORMATS, "CTI_LOG_FORMAT")
+    if v := env.get("CTI_LOG_LEVEL"):
+        values["log_level"] = parse_log_choice(v, LOG_LEVELS, "CTI_LOG_LEVEL")
     settings = Settings(**values)
     _check_gateways(settings)
     return settings

@@ -4,8 +4,11 @@ Counted as they happen: PBX changes handled (by kind; ``rate()`` gives the
 voice activity per second), the screen-pop latency (the PBX event time of a
 CallOffered -> its pop published, on the node holding the AMI link) and, in
 cluster mode, the bus delivery latency (published on any node -> delivered on
-this one, by event type). Read at scrape time: WebSocket agents and
-subscriptions, AMI links up, bus lag, outbox depth and last seq.
+this one, by event type). Read at scrape time: WebSocket agents, AMI links
+up and AMI events received per link (``rate(cti_ami_events_total[1m])`` is the
+AMI events/s), SMS queue depth per gateway (parts waiting and in flight on
+each SMPP link, messages waiting on each modem), bus lag, outbox depth and
+last seq.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
@@ -23,6 +26,7 @@ from cti.cluster.bus import BusEvent
 from cti.cluster.hub import ClusterHub
 from cti.keys import SERVICES
 from cti.links.pbx import PBX_LINKS, PbxLinks
+from cti.links.sms import SmsChannel
 from cti.services import Services
 from pbx.changes import CallOffered, Change
 
@@ -56,9 +60,12 @@ class NodeMetrics:
 
 
 class _LiveCollector(Collector):
-    def __init__(self, services: Services, links: PbxLinks | None) -> None:
+    def __init__(
+        self, services: Services, links: PbxLinks | None, sms: list[SmsChannel] | None = None
+    ) -> None:
         self._services = services
         self._links = links
+        self._sms = sms if sms is not None else []
 
     def collect(self) -> Iterator[Metric]:
         hub = self._services.hub
@@ -74,6 +81,14 @@ class _LiveCollector(Collector):
             for name, link in list(self._links.links.items()):
                 up.add_metric([name], 1.0 if link.health().up else 0.0)
             yield up
+            events = CounterMetricFamily(
+                "cti_ami_events", "AMI events received on the links this node runs",
+                labels=["pbx"],
+            )
+            for name, link in list(self._links.links.items()):
+                events.add_metric([name], float(getattr(link, "events_received", 0)))
+            yield events
+        yield from self._sms_metrics()
         if isinstance(hub, ClusterHub) and hub.bus is not None:
             stats = hub.bus.stats()
             for metric, text, value in (
@@ -89,7 +104,35 @@ class _LiveCollector(Collector):
                 yield family
 
 
+    def _sms_metrics(self) -> Iterator[Metric]:
+        queued = GaugeMetricFamily(
+            "cti_sms_queued", "SMS waiting to be sent: parts (SMPP) or messages (modem)",
+            labels=["gateway", "kind"],
+        )
+        in_flight = GaugeMetricFamily(
+            "cti_sms_in_flight", "SMPP parts submitted, response not yet received",
+            labels=["gateway"],
+        )
+        up = GaugeMetricFamily("cti_sms_link_up", "SMS gateway bound / registered",
+                               labels=["gateway", "kind"])
+        for channel in list(self._sms):
+            for name, client in list(channel.clients.items()):
+                health = client.health()
+                queued.add_metric([name, "smpp"], float(health.queued_parts))
+                in_flight.add_metric([name], float(health.in_flight))
+                up.add_metric([name, "smpp"], 1.0 if health.state == "bound" else 0.0)
+            for name, modem in list(channel.modems.items()):
+                mh = modem.health()
+                queued.add_metric([name, "modem"], float(mh.outbox))
+                up.add_metric([name, "modem"], 1.0 if mh.up else 0.0)
+        yield queued
+        yield in_flight
+        yield up
+
+
 METRICS: web.AppKey[NodeMetrics] = web.AppKey("node_metrics")
+# The running SMS channels (``sms_links(running=...)``), read at scrape time.
+SMS_CHANNELS: web.AppKey[list[SmsChannel]] = web.AppKey("metrics_sms_channels")
 
 
 async def metrics_view(request: web.Request) -> web.Response:
@@ -100,7 +143,9 @@ async def metrics_view(request: web.Request) -> web.Response:
 async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
     metrics = app[METRICS]
-    metrics.registry.register(_LiveCollector(services, app.get(PBX_LINKS)))
+    metrics.registry.register(
+        _LiveCollector(services, app.get(PBX_LINKS), app.get(SMS_CHANNELS))
+    )
     services.calls.listeners.append(metrics.on_change)
     if isinstance(services.hub, ClusterHub):
         services.hub.on_delivered.append(metrics.on_delivered)
@@ -110,6 +155,8 @@ async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
 def setup_metrics(app: web.Application) -> NodeMetrics:
     metrics = NodeMetrics()
     app[METRICS] = metrics
+    if SMS_CHANNELS not in app:
+        app[SMS_CHANNELS] = []
     app.router.add_get("/metrics", metrics_view)
     app.cleanup_ctx.append(_metrics_ctx)
     return metrics

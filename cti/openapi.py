@@ -212,6 +212,15 @@ OPENAPI: dict[str, Any] = {
                 auth=False,
             )
         },
+        "/api/v1/health/cluster": {
+            "get": _op(
+                "Cluster-wide health: status (ok when every node is up and ok), mode "
+                "(single/cluster), up/down counts, nodes: each live node's summary (node_id, "
+                "status, started, seen, links {kind, up, detail}, holds, bus) or, for a node "
+                "whose report expired, status down with last_seen (kept for an hour)",
+                auth=False,
+            )
+        },
         "/metrics": {"get": _op("Prometheus metrics of this node (text format)", auth=False)},
         "/api/v1/events": {
             "get": _op(

@@ -24,7 +24,8 @@ from cti.links.ivr import setup_ivr
 from cti.links.lab import attach_lab
 from cti.links.pbx import setup_pbx_links
 from cti.links.sms import sms_links
-from cti.metrics import setup_metrics
+from cti.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
+from cti.metrics import SMS_CHANNELS, setup_metrics
 from cti.phone_api import setup_phone_api
 from cti.reports.api import setup_reports
 from cti.wallboard import setup_wallboard
@@ -40,7 +41,7 @@ def build_app(settings: Settings, *, lab: bool = False) -> web.Application:
     setup_web(app)
     setup_pbx_links(app)
     setup_cluster(app)
-    setup_metrics(app)
+    setup_metrics(app)  # its SMS_CHANNELS list receives the running SMS channel below
     setup_call_control(app)
     setup_reports(app)
     setup_callbacks(app)
@@ -48,7 +49,7 @@ def build_app(settings: Settings, *, lab: bool = False) -> web.Application:
     setup_wallboard(app)
     setup_ws(app)
     setup_desk_api(app)
-    app.cleanup_ctx.append(sms_links())
+    app.cleanup_ctx.append(sms_links(running=app[SMS_CHANNELS]))
     setup_webchat(app)  # after the SMS links: it wraps their sender
     if lab:
         attach_lab(app, settings)
@@ -65,7 +66,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--lab", action="store_true", help="start and use the lab Asterisk PBX")
     parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+        "--log-level", choices=LOG_LEVELS, help="default: CTI_LOG_LEVEL / [logging] level / INFO"
+    )
+    parser.add_argument(
+        "--log-format", choices=LOG_FORMATS,
+        help="stderr log lines: text, or json (one object per line); default: CTI_LOG_FORMAT / "
+        "[logging] format / text",
     )
 
 
@@ -106,11 +112,17 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
     try:
         settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"cti serve: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(
+        args.log_level or settings.log_level,
+        args.log_format or settings.log_format,
+        settings.node_id,
+    )
+    try:
         return asyncio.run(_serve(settings, args))
     except ConfigError as exc:
         print(f"cti serve: {exc}", file=sys.stderr)

@@ -40,11 +40,13 @@ from cti.ivr_ports import (
 from cti.keys import SERVICES
 from cti.links.lab import LAB_AGI_LISTEN
 from cti.links.pbx import PBX_LINKS
+from cti.logs import correlation_id
 from cti.presence import member_status
 from cti.services import LinkProbe, Services
 from ivr.flows import IvrConfig, default_routes
 from ivr.ports import IvrPorts
-from ivr.server import FastAgiServer, FastAgiSettings
+from ivr.server import FastAgiServer, FastAgiSettings, Flow
+from ivr.session import AgiSession
 from pbx.changes import Change, QueueMemberChanged
 from pbx.link import AmiLink
 
@@ -96,6 +98,30 @@ def build_ports(app: web.Application) -> IvrPorts:
         deflection=TextDeflection(services, links),
         callbacks=callbacks_port(app),
     )
+
+
+def ivr_call_id(uniqueid: str, settings: Settings) -> str:
+    """The correlation id of an IVR session: ``call:<pbx>:<Uniqueid>``, as
+    :mod:`cti.calls` names the call (``<pbx>:<Linkedid>``; the IVR answers the
+    caller's own channel, whose Uniqueid is the call's Linkedid). With several
+    PBXs the session does not say which one it came from: ``call:<Uniqueid>``."""
+    uid = uniqueid[:64] or "?"
+    return f"call:{settings.ami[0].name}:{uid}" if len(settings.ami) == 1 else f"call:{uid}"
+
+
+def correlated(routes: dict[str, Flow], settings: Settings) -> dict[str, Flow]:
+    """Each flow run with the call's correlation id. It is set, not reset: the session is
+    its own task (one per AGI connection), so the id also reaches the server's log of
+    how the session ended (hangup, timeout, a flow's exception) and dies with the task."""
+
+    def wrap(flow: Flow) -> Flow:
+        async def run(session: AgiSession, ports: IvrPorts) -> None:
+            correlation_id.set(ivr_call_id(session.environment.uniqueid, settings))
+            await flow(session, ports)
+
+        return run
+
+    return {name: wrap(flow) for name, flow in routes.items()}
 
 
 def _probe(server: FastAgiServer, listen: HostPort) -> LinkProbe:
@@ -164,7 +190,8 @@ def ivr_ctx(
                     port=listen.port,
                     allowed_hosts=await allowed_hosts(services.settings),
                 )
-                server = FastAgiServer(settings, default_routes(config), build_ports(app))
+                routes = correlated(default_routes(config), services.settings)
+                server = FastAgiServer(settings, routes, build_ports(app))
                 await server.start()
                 app[IVR_SERVER].append(server)
                 services.links.register("ivr", _probe(server, listen))

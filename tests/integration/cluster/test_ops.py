@@ -1,0 +1,104 @@
+"""Cluster-wide health: two ``cti serve`` nodes on one PostgreSQL and one Redis.
+
+Both nodes publish their summary to Redis; ``GET /api/v1/health/cluster`` on
+either lists both. Node B is killed with SIGKILL: once its report's TTL runs
+out, A lists it ``down`` with its last-seen time and the cluster is
+``degraded``. Node logs are JSON lines carrying their node id.
+
+(Redis stopped for 10 s while the nodes run is ``test_two_nodes.test_redis_outage``.)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cti.cluster.health import NODE_TTL, PUBLISH_EVERY
+from tests.integration.cluster.conftest import OwnRedis
+from tests.integration.cluster.nodes import Node, node_env, until
+from tests.integration.cluster.test_two_nodes import fresh_database
+from tests.peers.ports import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def json_nodes(tmp_path: Path) -> AsyncIterator[Callable[..., Node]]:
+    """Like test_two_nodes' ``nodes``, with JSON logs (``CTI_LOG_FORMAT=json``)."""
+    started: list[Node] = []
+
+    def make(name: str, db_url: str, redis_url: str) -> Node:
+        port = free_port()
+        env = {**node_env(name, port, db_url, redis_url), "CTI_LOG_FORMAT": "json"}
+        node = Node(name, port, env, tmp_path / f"node-{name}.log")
+        started.append(node)
+        node.start()
+        return node
+
+    yield make
+    for node in started:
+        await node.close()
+
+
+async def cluster_health(node: Node) -> dict[str, Any]:
+    http = await node.session()
+    async with http.get("/api/v1/health/cluster") as resp:
+        assert resp.status == 200, await resp.text()
+        body: dict[str, Any] = await resp.json()
+        return body
+
+
+def by_id(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {entry["node_id"]: entry for entry in body["nodes"]}
+
+
+async def test_cluster_health_lists_both_nodes_and_a_killed_one_as_down(
+    postgres_url: str, own_redis: OwnRedis, json_nodes: Callable[..., Node]
+) -> None:
+    db_url = fresh_database(postgres_url)
+    node_a = json_nodes("A", db_url, own_redis.url)
+    await node_a.wait_ready()
+    node_b = json_nodes("B", db_url, own_redis.url)
+    await node_b.wait_ready()
+
+    async def both_listed_up() -> bool:
+        for node in (node_a, node_b):
+            listed = by_id(await cluster_health(node))
+            if set(listed) != {"A", "B"} or any(e["status"] == "down" for e in listed.values()):
+                return False
+        return True
+
+    await until("both nodes listed up on both nodes", both_listed_up, 30)
+    body = await cluster_health(node_a)
+    assert body["mode"] == "cluster" and (body["up"], body["down"]) == (2, 0), body
+    b_entry = by_id(body)["B"]
+    assert b_entry["links"]["redis"]["up"] is True and b_entry["links"]["database"]["up"] is True
+    assert b_entry["started"].endswith("Z") and b_entry["holds"] == []
+    assert "bus" in b_entry, b_entry
+
+    node_b.kill9()
+    killed = time.monotonic()
+
+    async def b_down_on_a() -> bool:
+        status: str = by_id(await cluster_health(node_a))["B"]["status"]
+        return status == "down"
+
+    await until("B reported down on A", b_down_on_a, 30)
+    print(f"B reported down {time.monotonic() - killed:.1f} s after kill -9 "
+          f"(report TTL {NODE_TTL} s, published every {PUBLISH_EVERY:g} s)")
+    body = await cluster_health(node_a)
+    b_entry = by_id(body)["B"]
+    assert body["status"] == "degraded" and (body["up"], body["down"]) == (1, 1), body
+    assert b_entry["last_seen"].endswith("Z") and b_entry["down_for_s"] >= 0, b_entry
+    assert by_id(body)["A"]["status"] != "down"
+
+    # CTI_LOG_FORMAT=json: besides the "listening" banner on stdout, JSON lines with A's id.
+    text = node_a.log.read_text()
+    lines = [json.loads(line) for line in text.splitlines()
+             if not line.startswith("CTI server listening")]
+    assert lines and {line["node_id"] for line in lines} == {"A"}, text[-2000:]

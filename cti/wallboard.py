@@ -19,12 +19,22 @@ differs from the last one sent it is encoded once and offered to every such
 socket as ``{"type": "wallboard", ...}`` (``EventHub.send_live``: no seq, no
 replay; a reconnecting page fetches a fresh snapshot over REST). Today's
 figures are recomputed at most every ``TODAY_EVERY`` seconds.
+
+Several nodes (Redis set): only the node holding a PBX's AMI link has its
+live tracker. That node writes the PBX's queue snapshots to Redis every
+``SHARE_EVERY`` seconds (``cti:wallboard:pbx:<name>``, expiring after
+``SHARE_TTL``); every other node builds the ``queues`` of that PBX from the
+key, ageing the waits by the time since it was written, so a supervisor sees
+the same board on any node (at most ``SHARE_EVERY`` s older). A PBX whose key
+is missing (no holder, Redis down) is listed in ``unavailable``. Today's
+figures and conversations come from the shared database on every node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -35,6 +45,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
+from redis.exceptions import RedisError
 from sqlalchemy import func, select
 
 from cti.api import principal
@@ -43,7 +54,7 @@ from cti.hub import Subscription
 from cti.links.pbx import PBX_LINKS
 from cti.models import Agent, Conversation, Customer, HistoryEvent
 from cti.services import Services
-from pbx.state import MemberSnapshot, QueueSnapshot
+from pbx.state import MemberSnapshot, QueueSnapshot, WaitingCaller
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +62,9 @@ routes = web.RouteTableDef()
 
 PUSH_EVERY = 1.0
 TODAY_EVERY = 10.0
+SHARE_EVERY = 1.0
+SHARE_TTL = 5
+SHARED_KEY = "cti:wallboard:pbx:{name}"
 MAX_CONVERSATIONS = 200
 CHAT_SLA = 60.0
 SOCIAL_SLA = 3600.0
@@ -117,6 +131,31 @@ def queue_json(q: QueueSnapshot, names: dict[str, str], wrapup: set[str]) -> dic
     }
 
 
+def encode_queues(queues: Iterable[QueueSnapshot], at: float) -> str:
+    """One PBX's queue snapshots as the holder shares them (pure)."""
+    return json.dumps({"at": at, "queues": [dataclasses.asdict(q) for q in queues]},
+                      ensure_ascii=False)
+
+
+def decode_queues(raw: bytes | str, now: float) -> list[QueueSnapshot]:
+    """Shared snapshots back, waits aged to ``now`` (pure); ValueError if malformed."""
+    try:
+        data = json.loads(raw)
+        age = max(0.0, now - float(data["at"]))
+        out = []
+        for q in data["queues"]:
+            waiting = tuple(
+                WaitingCaller(**{**w, "wait": float(w["wait"]) + age}) for w in q["waiting"])
+            out.append(QueueSnapshot(
+                pbx=str(q["pbx"]), name=str(q["name"]), waiting=waiting,
+                longest_wait=float(q["longest_wait"]) + age if waiting else 0.0,
+                members=tuple(MemberSnapshot(**m) for m in q["members"]),
+                completed=int(q["completed"]), abandoned=int(q["abandoned"])))
+        return out
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a shared queue snapshot: {exc}") from None
+
+
 @dataclass(slots=True)
 class _Today:
     at: float = 0.0
@@ -137,25 +176,75 @@ class Wallboard:
 
         return self._app[SERVICES]
 
-    def _queues(self) -> Iterable[QueueSnapshot]:
+    def _links(self) -> dict[str, Any]:
         registry = self._app.get(PBX_LINKS)
-        if registry is None:
-            return ()
-        return [q for link in list(registry.links.values()) for q in link.queues()]
+        return dict(registry.links) if registry is not None else {}
+
+    async def _queues(self, now: float) -> tuple[list[QueueSnapshot], list[str]]:
+        """Queues of the PBXs linked here, and of the others from their holders' shares."""
+        links = self._links()
+        queues = [q for link in links.values() for q in link.queues()]
+        redis = self.services.redis
+        elsewhere = [a.name for a in self.services.settings.ami if a.name not in links]
+        if redis is None or not elsewhere:
+            return queues, []
+        unavailable: list[str] = []
+        try:
+            raws = await redis.mget([SHARED_KEY.format(name=n) for n in elsewhere])
+        except (RedisError, OSError) as exc:
+            log.warning("wallboard: shared queues unreadable (%s)", type(exc).__name__)
+            return queues, elsewhere
+        for name, raw in zip(elsewhere, raws, strict=True):
+            try:
+                if raw is None:
+                    raise ValueError("no node shares it")
+                queues.extend(decode_queues(raw, now))
+            except ValueError as exc:
+                log.debug("wallboard: pbx %s: %s", name, exc)
+                unavailable.append(name)
+        return queues, unavailable
+
+    async def share(self) -> int:
+        """Write the queues of every PBX linked here for the other nodes; how many PBXs."""
+        redis = self.services.redis
+        if redis is None:
+            return 0
+        now = time.time()
+        shared = 0
+        for name, link in self._links().items():
+            try:
+                await redis.set(SHARED_KEY.format(name=name),
+                                encode_queues(link.queues(), now), ex=SHARE_TTL)
+                shared += 1
+            except (RedisError, OSError) as exc:
+                log.warning("wallboard: sharing pbx %s failed (%s)", name, type(exc).__name__)
+        return shared
+
+    async def run_share(self) -> None:
+        while True:
+            await asyncio.sleep(SHARE_EVERY)
+            try:
+                await self.share()
+            except Exception:  # the board must keep being shared
+                log.exception("wallboard: sharing the queues failed")
 
     async def snapshot(self) -> dict[str, Any]:
         now = time.time()
         agents, wrapup_owners, conversations = await self._conversations(now)
         names = {a.endpoint: a.name or a.login for a in agents.values() if a.endpoint}
         wrapup = {a.endpoint for aid, a in agents.items() if aid in wrapup_owners and a.endpoint}
-        queues = [queue_json(q, names, wrapup) for q in self._queues()]
+        snapshots, unavailable = await self._queues(now)
+        queues = [queue_json(q, names, wrapup) for q in snapshots]
         queues.sort(key=lambda q: (q["pbx"], q["name"]))
-        return {
+        out: dict[str, Any] = {
             "at": datetime.fromtimestamp(now, UTC).isoformat(),
             "queues": queues,
             "today": await self._today_figures(now),
             "conversations": conversations,
         }
+        if unavailable:
+            out["unavailable"] = unavailable
+        return out
 
     async def _conversations(
         self, now: float
@@ -294,11 +383,16 @@ def _dumps(obj: Any) -> str:
 
 
 async def _push_ctx(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(app[WALLBOARD].run(), name="wallboard-push")
+    board = app[WALLBOARD]
+    tasks = [asyncio.create_task(board.run(), name="wallboard-push")]
+    if board.services.redis is not None:
+        tasks.append(asyncio.create_task(board.run_share(), name="wallboard-share"))
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def setup_wallboard(app: web.Application) -> Wallboard:

@@ -8,19 +8,44 @@ gives it the cluster-wide seq; every node's bus reader then calls
 agent resumes on any node with its last seq. ``epoch`` is the cluster's (kept
 in Redis), so a desk that moves to another node keeps its seq.
 ``send_live`` (no seq, no replay) stays per node.
+
+Live messages between nodes (no seq, no replay, no stream): ``request_live``
+PUBLISHes ``{kind, node, id, ts, body}`` on one Redis Pub/Sub channel that
+every node's ``_live_reader`` follows; the handler registered for ``kind``
+(``on_live``) runs on each OTHER node and its reply (a small dict) is pushed
+to a reply list that the asking node pops until every node that received the
+message (PUBLISH's count, less itself) answered or ``within`` passed. A node
+that is not subscribed at that moment simply does not get it: this carries
+commands that must not be replayed (softphone commands, chat pushes). Nothing
+is queued while Redis is down: the caller gets ``None`` and falls back to this
+node alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from cti.cluster.bus import BusEvent, EventBus
 from cti.hub import EventHub
 
+log = logging.getLogger(__name__)
+
 EARLY_LIMIT = 10_000
+LIVE_CHANNEL = "cti:live"
+LIVE_REPLY_KEY = "cti:live:reply:{id}"
+LIVE_MAX_AGE = 5.0  # a live message older than this (clock of the sender) is dropped
+LIVE_MAX_MESSAGE = 256 * 1024
+LiveHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
 
 class ClusterHub(EventHub):
@@ -30,16 +55,31 @@ class ClusterHub(EventHub):
         self.bus: EventBus | None = None
         self._early: list[tuple[tuple[int, ...], str, dict[str, Any]]] = []
         self.on_delivered: list[Callable[[BusEvent], None]] = []  # metrics
+        self._redis: Redis | None = None
+        self._live_handlers: dict[str, LiveHandler] = {}
+        self._live_task: asyncio.Task[None] | None = None
+        self._live_reply_tasks: set[asyncio.Task[None]] = set()
+        self.live_subscribed = False
+        self.live_dropped = 0
 
     async def start(self, redis: Redis, **bus_options: Any) -> EventBus:
         self.bus = EventBus(redis, node_id=self.node_id, on_event=self._deliver, **bus_options)
         for agent_ids, type_, body in self._early:
             self.bus.publish(agent_ids, type_, body)
         self._early.clear()
+        self._redis = redis
+        self._live_task = asyncio.create_task(self._live_reader(), name=f"live-{self.node_id}")
         await self.bus.start()
         return self.bus
 
     async def stop(self) -> None:
+        if self._live_task is not None:
+            self._live_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._live_task
+            self._live_task = None
+        for task in list(self._live_reply_tasks):
+            task.cancel()
         if self.bus is not None:
             await self.bus.stop()
 
@@ -65,3 +105,114 @@ class ClusterHub(EventHub):
         super().publish(event.agent_ids, event.type, event.body)
         for hook in self.on_delivered:
             hook(event)
+
+    # -- live messages between nodes (Redis Pub/Sub) ---------------------------
+
+    def on_live(self, kind: str, handler: LiveHandler) -> None:
+        """Run ``handler(body)`` when another node sends ``kind``; its dict is the reply."""
+        self._live_handlers[kind] = handler
+
+    async def request_live(
+        self, kind: str, body: dict[str, Any], within: float = 1.0
+    ) -> list[dict[str, Any]] | None:
+        """Send to every other node; the replies gathered within ``within`` s.
+
+        ``None`` when Redis cannot be reached (the caller acts on this node alone).
+        """
+        redis = self._redis
+        if redis is None:
+            return None
+        message_id = uuid.uuid4().hex
+        text = json.dumps({"kind": kind, "node": self.node_id, "id": message_id,
+                           "ts": time.time(), "body": body}, ensure_ascii=False, default=str)
+        reply_key = LIVE_REPLY_KEY.format(id=message_id)
+        replies: list[dict[str, Any]] = []
+        try:
+            receivers = int(await redis.publish(LIVE_CHANNEL, text))
+            others = receivers - (1 if self.live_subscribed else 0)
+            deadline = time.monotonic() + within
+            while len(replies) < others:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                popped: Any = await redis.blpop([reply_key], timeout=max(0.01, left))
+                if popped is None:
+                    break
+                with contextlib.suppress(ValueError, TypeError):
+                    reply = json.loads(popped[1])
+                    if isinstance(reply, dict):
+                        replies.append(reply)
+            await redis.delete(reply_key)
+        except (RedisError, OSError) as exc:
+            log.warning("live %s: Redis unreachable (%s); this node only", kind,
+                        type(exc).__name__)
+            return None if not replies else replies
+        return replies
+
+    async def _live_reader(self) -> None:
+        backoff = 0.1
+        while True:
+            redis = self._redis
+            assert redis is not None
+            pubsub = redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(LIVE_CHANNEL)
+                self.live_subscribed = True
+                backoff = 0.1
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        self._on_live_message(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                if self.live_subscribed:
+                    log.warning("live channel: Redis unreachable (%s)", type(exc).__name__)
+                self.live_subscribed = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                self.live_subscribed = False
+                with contextlib.suppress(RedisError, OSError, RuntimeError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _on_live_message(self, raw: Any) -> None:
+        if not isinstance(raw, (bytes, str)) or len(raw) > LIVE_MAX_MESSAGE:
+            return
+        try:
+            data = json.loads(raw)
+            kind, node, message_id = str(data["kind"]), str(data["node"]), str(data["id"])
+            age = time.time() - float(data["ts"])
+            body = data["body"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("live channel: a message that is not ours; skipped")
+            return
+        if node == self.node_id or not isinstance(body, dict):
+            return
+        handler = self._live_handlers.get(kind)
+        if age > LIVE_MAX_AGE:
+            self.live_dropped += 1
+            log.warning("live %s from node %s dropped: %.1f s old", kind, node, age)
+            handler = None
+        task = asyncio.create_task(self._answer_live(handler, kind, message_id, body))
+        self._live_reply_tasks.add(task)
+        task.add_done_callback(self._live_reply_tasks.discard)
+
+    async def _answer_live(self, handler: LiveHandler | None, kind: str, message_id: str,
+                           body: dict[str, Any]) -> None:
+        reply: dict[str, Any] | None = None
+        if handler is not None:
+            try:
+                reply = await handler(body)
+            except Exception:  # one bad handler must not stop the channel
+                log.exception("live %s: the handler failed", kind)
+        reply = {"node": self.node_id, **(reply or {})}
+        redis = self._redis
+        if redis is None:
+            return
+        key = LIVE_REPLY_KEY.format(id=message_id)
+        try:
+            await redis.rpush(key, json.dumps(reply, default=str))
+            await redis.expire(key, 10)
+        except (RedisError, OSError) as exc:
+            log.warning("live %s: reply not sent (%s)", kind, type(exc).__name__)

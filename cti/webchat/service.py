@@ -2,7 +2,8 @@
 
 Theory of operation: each open customer socket joins the room of its
 conversation (an in-memory set per conversation id). A frame from the
-customer is rate-limited per token (token bucket), validated, recorded in the
+customer is rate-limited per token (a token bucket, shared by every node in
+cluster mode: ``cti.webchat.limiter``), validated, recorded in the
 history as ``message_in`` (the same kind and payload shape as an inbound SMS,
 with channel ``chat``), pushed to every socket of the room (that echo is the
 sender's confirmation) and to the owner agent's hub; a queued conversation
@@ -14,6 +15,13 @@ SMS conversation) to the sender before it. A chat reply with no window open
 goes by SMS when the conversation's contact is a phone number (a deflected
 caller who answered our SMS instead of opening the link).
 ``ConversationService.send_message`` records the ``message_out``.
+
+Several nodes: a customer's socket and the agent who answers may be on
+different nodes. Every push to a room is also sent to the other nodes over the
+live channel (``ClusterHub.request_live``, ``chat_push``), which push it to
+their own sockets of that room; an agent's reply waits (at most
+``PUSH_ACK_WITHIN``) for their counts so ``delivered``/``stored`` and the SMS
+fallback of a deflected caller are decided on the whole cluster.
 
 A socket joins its room first, then reads the snapshot of the messages so
 far (after flushing the history writer), then gets live messages. Every
@@ -31,21 +39,21 @@ import contextlib
 import json
 import math
 import re
-import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
 
+from cti.cluster.hub import ClusterHub
 from cti.conversations import MAX_TEXT, OutboundSender
 from cti.errors import DomainError, NotFound
 from cti.history import HistoryEntry
 from cti.models import Agent, Conversation, HistoryEvent, utcnow
 from cti.services import Services
 from cti.webchat import chat_signer
+from cti.webchat.limiter import ChatRateLimiter
 from cti.webchat.tokens import ChatClosed, ChatTokenInvalid
 
 TEXT_CHANNELS = ("sms", "chat")
@@ -54,6 +62,7 @@ MAX_SNAPSHOT = 200
 FLUSH_TIMEOUT = 5.0
 PHONE = re.compile(r"\+[1-9][0-9]{6,14}")  # E.164, as identities normalise numbers
 SAME_REPLY_WINDOW = 120.0  # seconds between a reply's history row and its push
+PUSH_ACK_WITHIN = 1.0  # seconds an agent's reply waits for the other nodes' room counts
 
 
 class TooManySockets(DomainError):
@@ -69,21 +78,6 @@ class ChatLimits:
     max_sockets: int = 5
     socket_queue: int = 256
     max_buckets: int = 10_000
-
-
-@dataclass(slots=True)
-class TokenBucket:
-    tokens: float
-    stamp: float
-
-    def take(self, limits: ChatLimits, now: float) -> float:
-        """0 if a frame may pass (and charge it), else seconds until one may."""
-        self.tokens = min(limits.burst, self.tokens + (now - self.stamp) * limits.per_second)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / limits.per_second
 
 
 @dataclass(eq=False, slots=True)
@@ -128,12 +122,24 @@ class ChatService:
         self.limits = limits or ChatLimits()
         self.signer = chat_signer(services)
         self._rooms: dict[int, set[ChatSocket]] = {}
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self.limiter = ChatRateLimiter(self.limits.per_second, self.limits.burst,
+                                       self.limits.max_buckets)
         self._previous: OutboundSender | None = None
 
     # -- wiring -------------------------------------------------------------
 
     def install(self) -> None:
+        if self._services.redis is not None and isinstance(self._services.hub, ClusterHub):
+            self.limiter = ChatRateLimiter(self.limits.per_second, self.limits.burst,
+                                           self.limits.max_buckets, redis=self._services.redis)
+            limiter = self.limiter
+
+            async def probe() -> dict[str, Any]:
+                return limiter.health()
+
+            self._services.links.register("webchat", probe)
+        if isinstance(self._services.hub, ClusterHub):
+            self._services.hub.on_live("chat_push", self._on_remote_push)
         conversations = self._services.conversations
         self._previous = conversations.outbound
         conversations.outbound = self
@@ -275,22 +281,32 @@ class ChatService:
             sock.offer(text)
         return len(room)
 
-    def _rate(self, token: str) -> float:
-        now = time.monotonic()
-        bucket = self._buckets.get(token)
-        if bucket is None:
-            bucket = self._buckets[token] = TokenBucket(float(self.limits.burst), now)
-            while len(self._buckets) > self.limits.max_buckets:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(token)
-        return bucket.take(self.limits, now)
+    async def _push_everywhere(self, conversation_id: int, body: dict[str, Any],
+                               within: float = PUSH_ACK_WITHIN) -> int:
+        """Push to this room on every node; how many sockets got it (counted within ``within``)."""
+        reached = self._push(conversation_id, body)
+        hub = self._services.hub
+        if isinstance(hub, ClusterHub):
+            replies = await hub.request_live(
+                "chat_push", {"conversation_id": conversation_id, "body": body}, within=within)
+            for reply in replies or ():
+                count = reply.get("reached")
+                reached += count if isinstance(count, int) else 0
+        return reached
+
+    async def _on_remote_push(self, data: dict[str, Any]) -> dict[str, Any]:
+        conversation_id, body = data.get("conversation_id"), data.get("body")
+        if not isinstance(conversation_id, int) or not isinstance(body, dict):
+            return {"reached": 0}
+        if conversation_id not in self._rooms:
+            return {"reached": 0}
+        return {"reached": self._push(conversation_id, body)}
 
     # -- customer -> agent ----------------------------------------------------
 
     async def handle_frame(self, sock: ChatSocket, data: str) -> dict[str, Any] | None:
         """Handle one text frame; returns the error frame to send back, if any."""
-        wait = self._rate(sock.token)
+        wait = await self.limiter.take(sock.token)
         if wait > 0:
             return _error(
                 "rate_limited",
@@ -326,7 +342,7 @@ class ChatService:
         )
         await self._services.history.add(entry)
         message = {"id": mid, "from": "customer", "text": text, "at": entry.occurred_at.isoformat()}
-        self._push(conv.id, {"type": "message", "message": message})
+        await self._push_everywhere(conv.id, {"type": "message", "message": message}, within=0)
         if conv.owner_id is not None:
             self._services.hub.publish(
                 [conv.owner_id],
@@ -344,19 +360,17 @@ class ChatService:
         return message
 
     async def on_assigned(self, conv: Conversation, agent: Agent) -> None:
-        if conv.id in self._rooms:
-            self._push(conv.id, {"type": "status", "conversation": await self.summary(conv)})
+        if conv.id in self._rooms or isinstance(self._services.hub, ClusterHub):
+            body = {"type": "status", "conversation": await self.summary(conv)}
+            await self._push_everywhere(conv.id, body, within=0)
 
     # -- agent -> customer (conversations.outbound) ----------------------------
 
     async def send(self, channel: str, contact: str, text: str, conversation_id: int) -> str:
-        open_window = conversation_id in self._rooms
-        if channel == "chat" and not open_window and PHONE.fullmatch(contact):
-            # A deflected caller who answered our SMS instead of opening the link
-            # (the chat conversation's contact is their number) gets the reply by SMS.
-            status = await self._fallback("sms", contact, text, conversation_id)
-            return "stored" if status == "no_gateway" else status
-        if channel != "chat" and (channel != "sms" or not open_window):
+        if channel not in TEXT_CHANNELS:
+            return await self._fallback(channel, contact, text, conversation_id)
+        cluster = isinstance(self._services.hub, ClusterHub)
+        if channel == "sms" and not cluster and conversation_id not in self._rooms:
             return await self._fallback(channel, contact, text, conversation_id)
         status = "delivered"
         if channel == "sms":
@@ -369,10 +383,18 @@ class ChatService:
             "text": text,
             "at": utcnow().isoformat(),
         }
-        reached = self._push(conversation_id, {"type": "message", "message": message})
-        if channel == "chat":
-            return "delivered" if reached else "stored"
-        return status
+        reached = await self._push_everywhere(conversation_id,
+                                              {"type": "message", "message": message})
+        if channel == "sms":
+            return status
+        if reached:
+            return "delivered"
+        if PHONE.fullmatch(contact):
+            # A deflected caller who answered our SMS instead of opening the link
+            # (the chat conversation's contact is their number) gets the reply by SMS.
+            status = await self._fallback("sms", contact, text, conversation_id)
+            return "stored" if status == "no_gateway" else status
+        return "stored"
 
     async def _fallback(self, channel: str, contact: str, text: str, conversation_id: int) -> str:
         if self._previous is None:

@@ -345,3 +345,43 @@ async def test_deflected_chat_replies_by_sms_while_no_window_is_open(
         assert not await submitted(in_window)
     finally:
         await client.close()
+
+
+async def test_rate_limit_is_shared_in_redis_and_local_when_redis_is_down(
+    redis_url: str,
+) -> None:
+    import redis.asyncio as aioredis
+
+    from cti.webchat.limiter import ChatRateLimiter
+    from tests.peers.ports import free_port
+
+    client = aioredis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+    token = f"token-{time.time_ns()}"
+    try:
+        node_a = ChatRateLimiter(0.01, 3, redis=client)
+        node_b = ChatRateLimiter(0.01, 3, redis=client)
+        waits = [await (node_a if i % 2 == 0 else node_b).take(token) for i in range(6)]
+        assert waits[:3] == [0.0, 0.0, 0.0], waits  # one bucket of 3 for both "nodes"
+        assert all(0 < w <= 100 for w in waits[3:]), waits
+        assert await node_b.take(token + "-other") == 0.0  # each link has its own bucket
+        keys = [k.decode() for k in await client.keys("cti:chat:rate:*")]
+        assert keys and not any(token in k for k in keys)  # a token is a credential
+        assert node_a.health() == {"kind": "webchat", "up": True, "rate_limits": "shared",
+                                   "fallbacks": 0, "detail": ""}
+    finally:
+        await client.aclose()
+
+    down = aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    try:
+        limiter = ChatRateLimiter(0.01, 2, redis=down)
+        waits = [await limiter.take(token) for _ in range(3)]
+        assert waits[:2] == [0.0, 0.0] and waits[2] > 0, waits  # chat goes on, limited here
+        health = limiter.health()
+        assert not health["up"] and health["rate_limits"] == "per_node", health
+        assert health["fallbacks"] == 3 and "Redis unreachable" in health["detail"]
+    finally:
+        await down.aclose()
+    single = ChatRateLimiter(0.01, 2)
+    assert [await single.take(token) for _ in range(2)] == [0.0, 0.0]
+    assert await single.take(token) > 0
+    assert single.health()["up"] and single.health()["rate_limits"] == "per_node"

@@ -1,0 +1,202 @@
+"""Two ``cti serve`` nodes answer the same whichever one a client talks to.
+
+Node A holds the lab PBX's AMI link, node B does not. One test, one pair of
+nodes (their start is most of the cost):
+
+- a softphone (a WebSocket that identifies as ``client=softphone``, as
+  ``cti phone`` does) linked to A gets the command that agent1's desk posts to
+  B; B counts it and says which node delivered it; B reports the softphone in
+  ``GET /api/v1/agents/me/phone``; an agent with no softphone anywhere gets 409;
+- the same chat link open on A and on B: frames sent alternately through both
+  share one rate limit (burst 10: per-node buckets would pass all 16), and
+  each customer message reaches the window on the other node;
+- a SIPp caller waiting in the sales queue (no agent logged in): the admin's
+  wallboard on B (REST and live socket) shows the same queue as on A.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from cti.lab import LabPbx
+from cti.links.pbx import ami_url
+from cti.webchat.tokens import ChatTokenSigner
+from tests.integration.cluster.conftest import OwnRedis
+from tests.integration.cluster.nodes import ADMIN, SECRET, Node, node_env, until
+from tests.integration.cluster.test_two_nodes import fresh_database, sms_conversation
+from tests.peers.ports import free_port
+from tests.peers.sipp import caller_call
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+FRAMES = 16
+BURST, PER_SECOND = 10, 0.5  # ChatLimits' defaults, what `cti serve` runs with
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path) -> AsyncIterator[Callable[..., Node]]:
+    started: list[Node] = []
+
+    def make(name: str, db_url: str, redis_url: str, ami: str) -> Node:
+        port = free_port()
+        node = Node(name, port, node_env(name, port, db_url, redis_url, ami),
+                    tmp_path / f"node-{name}.log")
+        started.append(node)
+        node.start()
+        return node
+
+    yield make
+    for node in started:
+        await node.close()
+
+
+async def frame(ws: aiohttp.ClientWebSocketResponse, accept: Callable[[dict[str, Any]], bool],
+                within: float = 20.0, seen: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    deadline = time.monotonic() + within
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            pytest.fail(f"no matching frame within {within:g} s")
+        msg = await ws.receive(timeout=left)
+        assert msg.type is aiohttp.WSMsgType.TEXT, msg
+        data: dict[str, Any] = json.loads(msg.data)
+        if seen is not None:
+            seen.append(data)
+        if accept(data):
+            return data
+
+
+async def test_same_behaviour_on_both_nodes(
+    postgres_url: str, own_redis: OwnRedis, lab_pbx: LabPbx, nodes: Callable[..., Node],
+    tmp_path: Path,
+) -> None:
+    db_url = fresh_database(postgres_url)
+    ami = ami_url(lab_pbx.host, lab_pbx.ami_port, lab_pbx.ami_user, lab_pbx.ami_secret)
+    node_a = nodes("A", db_url, own_redis.url, ami)
+    await node_a.wait_ready()
+
+    async def a_holds_the_link() -> bool:
+        links = (await node_a.health())["links"]
+        return links["cluster"]["holds"] == ["pbx1"] and bool(links["pbx:pbx1"]["up"])
+
+    await until("node A holding pbx1", a_holds_the_link)
+    node_b = nodes("B", db_url, own_redis.url, ami)
+    await node_b.wait_ready()
+    assert (await node_b.health())["links"]["cluster"]["holds"] == []
+
+    admin_a = await node_a.login(*ADMIN)
+    for login in ("agent1", "agent2"):
+        status, body = await node_a.call("POST", "/api/v1/agents", admin_a, {
+            "login": login, "password": f"{login}-password", "name": login,
+            "endpoint": f"PJSIP/{login}"})
+        assert status == 201, body
+    admin_b = await node_b.login(*ADMIN)
+    agent1_a = await node_a.login("agent1", "agent1-password")
+    agent1_b = await node_b.login("agent1", "agent1-password")
+    agent2_b = await node_b.login("agent2", "agent2-password")
+    http_a, http_b = await node_a.session(), await node_b.session()
+
+    # -- softphone on A, command posted to B -------------------------------------
+    phone = await http_a.ws_connect("/api/v1/events",
+                                    params={"token": agent1_a, "client": "softphone"})
+    try:
+        await frame(phone, lambda d: d.get("type") == "hello")
+
+        async def b_sees_the_softphone() -> bool:
+            status, body = await node_b.call("GET", "/api/v1/agents/me/phone", agent1_b)
+            assert status == 200, body
+            return bool(body["softphones"] == 1)
+
+        await until("node B counting agent1's softphone on A", b_sees_the_softphone, 20)
+        status, body = await node_b.call("POST", "/api/v1/agents/me/phone", agent1_b,
+                                         {"action": "dtmf", "digits": "12#"})
+        assert status == 202, body
+        assert body["delivered"] == 1 and body["nodes"] == ["A"], body
+        command = await frame(phone, lambda d: d.get("type") == "phone_command")
+        assert command == {"type": "phone_command", "action": "dtmf", "digits": "12#",
+                           "id": body["id"]}
+        status, body = await node_b.call("POST", "/api/v1/agents/me/phone", agent2_b,
+                                         {"action": "answer"})
+        assert status == 409 and body["error"]["code"] == "no_softphone", body
+    finally:
+        await phone.close()
+
+    # -- one chat link open on both nodes: one rate limit ------------------------
+    conv = await sms_conversation(db_url, "+79160000011", "Хочу написать в чат")
+    token = ChatTokenSigner(SECRET, 3600).issue(conv)
+    chat_a = await http_a.ws_connect(f"/api/v1/chat/{token}/ws")
+    chat_b = await http_b.ws_connect(f"/api/v1/chat/{token}/ws")
+    passed: list[str] = []
+    rejected = 0
+    seen_on_b: list[dict[str, Any]] = []
+    try:
+        for ws in (chat_a, chat_b):
+            await frame(ws, lambda d: d.get("type") == "snapshot")
+        started = time.monotonic()
+        for i in range(FRAMES):
+            ws = chat_a if i % 2 == 0 else chat_b
+            text = f"сообщение {i}"
+            await ws.send_json({"type": "message", "text": text})
+            answer = await frame(ws, lambda d, t=text: d.get("type") == "error" or (
+                d.get("type") == "message" and d["message"]["text"] == t),
+                seen=seen_on_b if ws is chat_b else None)
+            if answer["type"] == "error":
+                assert answer["code"] == "rate_limited", answer
+                rejected += 1
+            else:
+                passed.append(text)
+        elapsed = time.monotonic() - started
+        allowed = BURST + int(elapsed * PER_SECOND) + 1
+        print(f"chat frames through two nodes: {len(passed)} passed, {rejected} rate-limited "
+              f"in {elapsed:.1f} s (one shared bucket allows <= {allowed}; "
+              f"per-node buckets would pass {FRAMES})")
+        assert rejected >= 1 and len(passed) <= allowed, (passed, rejected, elapsed)
+        # The last message that passed through A reached the window on B too.
+        last_a = next(t for t in reversed(passed) if int(t.split()[-1]) % 2 == 0)
+        if not any(d.get("type") == "message" and d["message"]["text"] == last_a
+                   for d in seen_on_b):
+            await frame(chat_b, lambda d: d.get("type") == "message"
+                        and d["message"]["text"] == last_a)
+        health = (await node_b.health())["links"]["webchat"]
+        assert health["rate_limits"] == "shared" and health["up"], health
+    finally:
+        await chat_a.close()
+        await chat_b.close()
+
+    # -- a caller waits in sales: the same board on both nodes -------------------
+    board = await http_b.ws_connect("/api/v1/events", params={"token": admin_b})
+    caller = caller_call(lab_pbx, tmp_path / "sipp", number="200", caller_number="+79160000012",
+                         caller_name="Ждущий", hangup_after=None, timeout=120)
+    try:
+        async def sales(node: Node, token: str) -> dict[str, Any] | None:
+            status, body = await node.call("GET", "/api/v1/wallboard", token)
+            assert status == 200, body
+            assert "unavailable" not in body, body
+            return next((q for q in body["queues"] if q["name"] == "sales"), None)
+
+        async def both_show_the_caller() -> bool:
+            for node, token in ((node_a, admin_a), (node_b, admin_b)):
+                queue = await sales(node, token)
+                if queue is None or queue["waiting"] != 1:
+                    return False
+            return True
+
+        await until("the waiting caller on both wallboards", both_show_the_caller, 40)
+        on_a, on_b = await sales(node_a, admin_a), await sales(node_b, admin_b)
+        assert on_a is not None and on_b is not None
+        for key in ("pbx", "waiting", "agents", "members", "completed", "abandoned"):
+            assert on_a[key] == on_b[key], (key, on_a, on_b)
+        assert on_b["waits"][0] > 0 and on_b["longest_wait"] > 0, on_b
+        live = await frame(board, lambda d: d.get("type") == "wallboard" and any(
+            q["name"] == "sales" and q["waiting"] == 1 for q in d["queues"]), within=30)
+        assert live["queues"] and "seq" not in live
+    finally:
+        caller.stop()
+        await board.close()

@@ -17,10 +17,17 @@ The turn of a booking comes when an agent of its queue is free in the live
 ``PbxTracker`` state (device NOT_INUSE, not paused, not in a call, not being
 dialled by us) and no voice caller who entered the queue EARLIER than the
 booking's ``queue_entry_time`` still waits. Bookings are served in
-``queue_entry_time`` order. One scheduler task makes passes (woken by every
-PBX change, at least every ``tick`` seconds); each claimed booking gets one
-attempt task. The claim is a conditional UPDATE ``waiting -> calling``, so a
-booking is never dialled twice at once, even by two servers.
+``queue_entry_time`` order. One scheduler task ticks every ``tick`` seconds
+with O(1) checks; it makes a full pass (queue snapshots, one query) only when
+a booking is due AND something may let it through since the last pass: a
+queue member became free, a queued caller left, a booking became due, an
+attempt ended, a skipped agent may be asked again. PBX changes that cannot
+matter (device-state churn of busy agents, new calls) only cost the listener
+an ``isinstance``. The earliest due time is read from the database after each
+pass and every ``follow_check`` seconds (bookings made by the IVR on another
+node). Each claimed booking gets one attempt task. The claim is a conditional
+UPDATE ``waiting -> calling``, so a booking is never dialled twice at once,
+even by two servers.
 
 The attempt opens the callback's voice conversation (``external_ref`` = the
 call id the Originate will have, linked to the original call's conversation),
@@ -34,7 +41,17 @@ the customer did not answer (or was busy).
 Restart: waiting bookings are simply read again. A booking found in
 ``calling`` with no attempt task of this process is re-checked once its PBX
 link is up (after its resync): if the call still exists it is followed, else
-the booking goes back to ``waiting`` (``last_result=interrupted``, not counted).
+the booking goes back to ``waiting`` (``last_result=interrupted``, not
+counted) and is dialled again after ``retry_delay`` (the customer's phone may
+just have rung).
+
+Cluster: the scheduler is the ``callbacks`` duty (``cti.cluster.duties``):
+one node dials, and only a node that holds an AMI link may hold the duty (it
+dials through its links). When the holder dies, the next holder finds the
+bookings in the database: ``waiting`` ones are served, one in flight is
+``calling`` and goes through the re-check above (followed if the call is
+still up after the AMI resync, else dialled again after ``retry_delay``);
+the conditional claim keeps it from being dialled twice at once.
 """
 
 from __future__ import annotations
@@ -51,16 +68,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from cti.api import principal
 from cti.auth import Role
+from cti.cluster.duties import duties_of, local_duties
 from cti.errors import Conflict, InvalidInput, NotFound
 from cti.history import HistoryEntry
 from cti.identities import IdentityKind
 from cti.keys import SERVICES
 from cti.links.pbx import PBX_LINKS
+from cti.logs import correlate
 from cti.models import CallbackBookingRow, Customer, utcnow
 from cti.services import Services
 from cti.validation import path_id, query_int
@@ -73,12 +92,20 @@ from pbx.actions import (
     UnknownOutcome,
     new_correlation_id,
 )
-from pbx.changes import CallAnswered, CallEnded, Change
+from pbx.changes import (
+    CallAbandoned,
+    CallAnswered,
+    CallEnded,
+    Change,
+    PbxLinkChanged,
+    QueueMemberChanged,
+)
 from pbx.link import AmiLink
 from pbx.state import MemberSnapshot, QueueSnapshot
 
 log = logging.getLogger(__name__)
 
+DUTY = "callbacks"
 STATUSES = ("waiting", "calling", "connected", "done", "failed", "cancelled")
 OPEN = ("waiting", "calling", "connected")
 MAX_NUMBER = 32
@@ -107,6 +134,18 @@ def callback_caller_id(name: str, number: str) -> str:
     """``"Callback <name>" <number>``: what the agent's phone shows (no header injection)."""
     clean = _CALLER_NAME_DROP.sub("", name).strip()[:40] or number
     return f'"Callback {clean}" <{number}>'
+
+
+def may_free_a_turn(change: Change) -> bool:
+    """A PBX change after which a waiting booking may be served (the rest is ignored):
+    a queue member free now, a queued caller gone (answered, abandoned, ended), a
+    link (re)connected."""
+    if isinstance(change, QueueMemberChanged):
+        return (not change.removed and change.device_state == "NOT_INUSE"
+                and not change.paused and not change.in_call)
+    if isinstance(change, CallAnswered):
+        return change.queue is not None
+    return isinstance(change, CallEnded | CallAbandoned | PbxLinkChanged)
 
 
 def booking_json(row: CallbackBookingRow) -> dict[str, Any]:
@@ -174,6 +213,13 @@ class CallbackService:
         self._scheduler: asyncio.Task[None] | None = None
         self._next_recheck = 0.0
         self._stopping = False
+        # The cheap tick (see the module doc): what may let a due booking through.
+        self._dirty = True
+        self._next_due: float | None = None  # earliest waiting next_attempt_at (epoch s)
+        self._due_known = False
+        self._last_pass = 0.0  # epoch s of the last full pass
+        self._retry_at: float | None = None  # monotonic: a skipped agent may be asked again
+        self.passes = 0  # full passes made (tests and benchmarks read it)
 
     # -- the IVR port --------------------------------------------------------------
 
@@ -218,7 +264,7 @@ class CallbackService:
         await self._event(row, "callback_booked", {"queue": row.queue, "number": number,
                                                    "language": row.language}, "booked",
                           conversation_id)
-        self._wake.set()
+        self._nudge(refresh=True)
         return CallbackBooking(str(row.id), number)
 
     def _number(self, raw: str) -> str:
@@ -291,6 +337,7 @@ class CallbackService:
 
     async def start(self) -> None:
         self._stopping = False
+        self._dirty, self._due_known, self._next_recheck = True, False, 0.0
         if self._scheduler is None:
             self._scheduler = asyncio.create_task(self._run(), name="callback-scheduler")
 
@@ -307,7 +354,7 @@ class CallbackService:
                           STOP_TIMEOUT)
 
     async def on_change(self, change: Change) -> None:
-        """A ``CallHandler`` listener: follow our calls, wake the scheduler."""
+        """A ``CallHandler`` listener: follow our calls; note what may free a turn."""
         if isinstance(change, CallAnswered | CallEnded):
             watch = self._watches.get(change.call_id)
             if watch is not None:
@@ -316,7 +363,17 @@ class CallbackService:
                 else:
                     watch.cause = change.cause
                     watch.ended.set()
-        self._wake.set()
+        if may_free_a_turn(change):
+            self._nudge()
+
+    def _nudge(self, *, refresh: bool = False) -> None:
+        """Something may let a booking through: a pass at the next tick if one is due."""
+        self._dirty = True
+        if refresh:
+            self._due_known = False
+            self._wake.set()
+        elif self._next_due is not None and self._next_due <= time.time():
+            self._wake.set()
 
     async def _run(self) -> None:
         # Quirk: Python 3.11's asyncio.wait_for can swallow a cancellation that arrives
@@ -324,10 +381,11 @@ class CallbackService:
         # waits use asyncio.timeout and the loop also checks ``_stopping``.
         while not self._stopping:
             try:
-                await self.run_once()
+                await self.tick_once()
             except asyncio.CancelledError:
                 raise
             except Exception:
+                self._dirty = True
                 log.exception("callback scheduler pass failed; next pass in %g s", self.tick)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.tick):
@@ -337,12 +395,48 @@ class CallbackService:
 
     # -- scheduling -------------------------------------------------------------------
 
+    async def tick_once(self) -> bool:
+        """One scheduler tick: O(1) unless a pass is needed; True if a pass was made."""
+        mono = time.monotonic()
+        if mono >= self._next_recheck:
+            self._next_recheck = mono + self.follow_check
+            await self._recheck(self._up_links())
+            self._due_known = False  # bookings made on other nodes, moves by the re-check
+        if not self._due_known:
+            self._next_due = await self._earliest_due()
+            self._due_known = True
+        now = time.time()
+        if self._next_due is None or self._next_due > now:
+            return False
+        became_due = self._next_due > self._last_pass
+        retry = self._retry_at is not None and self._retry_at <= mono
+        if not (self._dirty or became_due or retry):
+            return False
+        self._dirty, self._retry_at, self._last_pass = False, None, now
+        await self._serve(self._up_links())
+        self._due_known = False
+        return True
+
+    async def _earliest_due(self) -> float | None:
+        async with self._services.sessions() as session:
+            due = await session.scalar(
+                select(func.min(CallbackBookingRow.next_attempt_at))
+                .where(CallbackBookingRow.status == "waiting"))
+        return None if due is None else due.timestamp()
+
+    def _up_links(self) -> dict[str, AmiLink]:
+        return {name: link for name, link in self._links().items() if link.health().up}
+
     async def run_once(self) -> None:
-        """One pass: re-check orphaned ``calling`` bookings, then serve whose turn came."""
-        links = {name: link for name, link in self._links().items() if link.health().up}
+        """One full pass: re-check orphaned ``calling`` bookings, then serve whose turn came."""
+        links = self._up_links()
         if time.monotonic() >= self._next_recheck:
             self._next_recheck = time.monotonic() + self.follow_check
             await self._recheck(links)
+        await self._serve(links)
+
+    async def _serve(self, links: Mapping[str, AmiLink]) -> None:
+        self.passes += 1
         if not links or not self._any_free_agent(links):
             return
         now = utcnow()
@@ -387,7 +481,10 @@ class CallbackService:
             for member in queue.members:
                 if not agent_is_free(member) or member.interface in reserved:
                     continue
-                if self._declined.get((row.id, member.interface), 0.0) > now:
+                until = self._declined.get((row.id, member.interface), 0.0)
+                if until > now:
+                    self._retry_at = until if self._retry_at is None else min(self._retry_at,
+                                                                               until)
                     continue
                 return link, member.interface
         return None
@@ -418,8 +515,14 @@ class CallbackService:
                 if row.status == "connected":
                     await self._move(row, ("connected",), status="done", last_result="ended")
                 else:
+                    with correlate(f"callback:{row.id}"):
+                        log.info("callback %s: the attempt was interrupted (call %s gone); "
+                                 "again in %g s", row.id, row.dial_call_id, self.retry_delay)
                     await self._move(row, ("calling",), status="waiting",
-                                     last_result="interrupted", next_attempt_at=utcnow())
+                                     last_result="interrupted",
+                                     next_attempt_at=utcnow()
+                                     + timedelta(seconds=self.retry_delay))
+                    self._nudge(refresh=True)
                 continue
             self._active[row.id] = row.agent_interface or ""
             watch = self._watches.setdefault(row.dial_call_id, _Watch())
@@ -431,17 +534,18 @@ class CallbackService:
     # -- one attempt ------------------------------------------------------------------
 
     async def _attempt(self, row: CallbackBookingRow, link: AmiLink, interface: str) -> None:
-        try:
-            await self._attempt_inner(row, link, interface)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("callback %s: attempt failed unexpectedly", row.id)
-            await self._move(row, ("calling",), status="waiting", last_result="error",
-                             next_attempt_at=utcnow() + timedelta(seconds=self.retry_delay))
-        finally:
-            self._active.pop(row.id, None)
-            self._wake.set()
+        with correlate(f"callback:{row.id}"):
+            try:
+                await self._attempt_inner(row, link, interface)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("callback %s: attempt failed unexpectedly", row.id)
+                await self._move(row, ("calling",), status="waiting", last_result="error",
+                                 next_attempt_at=utcnow() + timedelta(seconds=self.retry_delay))
+            finally:
+                self._active.pop(row.id, None)
+                self._nudge(refresh=True)
 
     async def _attempt_inner(self, row: CallbackBookingRow, link: AmiLink, interface: str) -> None:
         correlation = new_correlation_id()
@@ -496,14 +600,17 @@ class CallbackService:
     async def _follow_guarded(
         self, row: CallbackBookingRow, link: AmiLink, call_ref: str, watch: _Watch
     ) -> None:
-        try:
-            await self._follow(row, link, call_ref, watch, row.dial_conversation_id, "resumed")
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("callback %s: following %s failed", row.id, call_ref)
-        finally:
-            self._active.pop(row.id, None)
+        with correlate(f"callback:{row.id}"):
+            try:
+                await self._follow(row, link, call_ref, watch, row.dial_conversation_id,
+                                   "resumed")
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("callback %s: following %s failed", row.id, call_ref)
+            finally:
+                self._active.pop(row.id, None)
+                self._nudge(refresh=True)
 
     async def _wait_for(self, event: asyncio.Event, link: AmiLink, call_ref: str) -> bool:
         """Until ``event`` is set (True) or the call is gone from the PBX state (False)."""
@@ -629,11 +736,14 @@ def _callbacks_ctx(app: web.Application) -> Callable[[web.Application], AsyncIte
         service = app[CALLBACKS]
         calls = services_of(app).calls
         calls.listeners.append(service.on_change)
-        await service.start()
+        duties = duties_of(app) or local_duties()
+        # Cluster: one node dials, and only one that runs an AMI link (it dials through it).
+        await duties.add(DUTY, service.start, service.stop,
+                         eligible=duties.holds_pbx if duties.clustered else None)
         try:
             yield
         finally:
-            await service.stop()
+            await duties.remove(DUTY)
             with contextlib.suppress(ValueError):
                 calls.listeners.remove(service.on_change)
 

@@ -10,6 +10,10 @@ Theory of operation (one :class:`Lease` per duty, ticking every ``renew_every``)
 The value is ``<node>:<fencing token>``; the token comes from ``INCR`` so every
 new holder has a larger one (shown in health and logs). ``on_acquire(token)``
 starts the AMI link (which resyncs on connect); ``on_lose()`` stops it.
+``eligible()`` (optional) says whether this node may hold the duty now (the
+callback scheduler needs an AMI link of this node): a node that is not
+eligible does not try, and a holder that stops being eligible releases.
+The same class runs the other duties (``cti.cluster.duties``).
 
 While Redis is unreachable the holder keeps its link: no other node can take
 the lease either, unless Redis is reachable from them and not from us (a
@@ -79,6 +83,7 @@ class Lease:
         on_lose: Callable[[], Awaitable[None]],
         ttl: float = 5.0,
         renew_every: float = 1.0,
+        eligible: Callable[[], bool] | None = None,
     ) -> None:
         if not 0 < renew_every < ttl:
             raise ValueError("renew_every must be positive and shorter than ttl")
@@ -89,6 +94,7 @@ class Lease:
         self._on_lose = on_lose
         self._ttl_ms = int(ttl * 1000)
         self._every = renew_every
+        self._eligible = eligible
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
@@ -111,6 +117,11 @@ class Lease:
     async def tick(self) -> None:
         """One acquire-or-renew step (errors from Redis are reported, not raised)."""
         try:
+            if self._eligible is not None and not self._eligible():
+                if self.token is not None:  # e.g. the AMI link it needs went elsewhere
+                    await self.release()
+                self.detail = "not eligible on this node"
+                return
             if self.token is None:
                 reply: Any = await self._acquire(
                     keys=[LEASE_KEY.format(duty=self.duty), FENCE_KEY.format(duty=self.duty)],

@@ -1,9 +1,13 @@
-"""A cluster node inside ``cti serve``: the AMI link leases and the ``cluster`` health entry.
+"""A cluster node inside ``cti serve``: the AMI link leases, the duties, the ``cluster`` health.
 
 In cluster mode (``settings.redis_url`` set) ``pbx_links_ctx`` starts no AMI
 link by itself; :func:`setup_cluster` adds a cleanup_ctx that runs one
 :class:`Lease` per ``settings.ami`` server: the node holding it runs the link
 (``PbxLinks.add``, which resyncs on connect), the others report who holds it.
+
+In both modes it installs :class:`~cti.cluster.duties.Duties` (``DUTIES``), on
+which the SMS links, the callback scheduler and the SLA watch register (leased
+in cluster mode, run locally otherwise), and the SLA watch itself (``cti.sla``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from cti.cluster.duties import DUTIES, Duties, duties_ctx
 from cti.cluster.hub import ClusterHub
 from cti.cluster.lease import Lease
 from cti.keys import SERVICES
@@ -26,7 +31,9 @@ LEASE_TTL = 5.0
 RENEW_EVERY = 1.0
 
 
-def cluster_probe(services: Services, leases: dict[str, Lease] | None = None) -> LinkProbe:
+def cluster_probe(
+    services: Services, leases: dict[str, Lease] | None = None, duties: Duties | None = None
+) -> LinkProbe:
     async def probe() -> dict[str, Any]:
         hub = services.hub
         info: dict[str, Any] = {"kind": "cluster", "node_id": services.settings.node_id}
@@ -50,6 +57,9 @@ def cluster_probe(services: Services, leases: dict[str, Lease] | None = None) ->
                        "detail": lease.detail}
                 for name, lease in leases.items()
             }
+        if duties is not None:
+            info["duties"] = duties.state()
+            info["holds_duties"] = [name for name, d in info["duties"].items() if d["held"]]
         return {**info, "up": stats.up, "detail": stats.detail}
 
     return probe
@@ -91,7 +101,7 @@ async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:
         services.links.register(f"pbx:{server.name}", _held_elsewhere_probe(lease))
         task = asyncio.create_task(lease.run(), name=f"lease-{server.name}")
         tasks.add(task)
-    services.links.register("cluster", cluster_probe(services, leases))
+    services.links.register("cluster", cluster_probe(services, leases, app[DUTIES]))
     try:
         yield
     finally:
@@ -104,10 +114,20 @@ async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def setup_cluster(app: web.Application) -> None:
-    """In cluster mode: lease-held AMI links. Without Redis: nothing (single node)."""
+    """The node's duties (``DUTIES``) and the SLA watch; in cluster mode also the
+    lease-held AMI links. Without Redis every duty runs here (single node)."""
+    from cti.sla import setup_sla  # cti.sla registers itself on DUTIES
+
     services = app[SERVICES]
-    if not services.settings.redis_url or not isinstance(services.hub, ClusterHub):
-        return
-    setup_pbx_links(app)
-    app[LEASES] = {}
-    app.cleanup_ctx.append(_cluster_ctx)
+    clustered = bool(services.settings.redis_url) and isinstance(services.hub, ClusterHub)
+    duties = Duties(services.settings.node_id, clustered=clustered, ttl=LEASE_TTL,
+                    renew_every=RENEW_EVERY)
+    app[DUTIES] = duties
+    app.cleanup_ctx.append(duties_ctx)
+    if clustered:
+        setup_pbx_links(app)
+        leases: dict[str, Lease] = {}
+        app[LEASES] = leases
+        duties.holds_pbx = lambda: any(lease.held for lease in leases.values())
+        app.cleanup_ctx.append(_cluster_ctx)
+    setup_sla(app)

@@ -33,6 +33,21 @@ twice by the failover itself.
 
 The outbox key of a reply is ``c<conversation id>-<random>``: the conversation
 a receipt belongs to is read back from the key, with no extra lookup table.
+
+Cluster (``cti.cluster.duties``): every SMPP link is the duty ``sms:<name>``
+and every modem ``modem:<name>``: only the node holding it binds / opens the
+port, with a fresh client each time it takes the duty (which loads the queued
+messages and the saved MO parts from the database). On every node the channel
+answers ``conversations.outbound``: a reply for a gateway held elsewhere is
+routed and stored in the outbox as usual but not queued in memory; the node
+publishes ``cti:sms:queued`` on Redis, and the holder picks up the queued rows
+it does not know (at once on that message, and every ``pickup_every`` seconds
+in case it was missed). When the holder dies the next one finds the same rows;
+receipts for parts the dead holder sent are matched by SMSC id in the
+database. A part written to the SMSC whose response never came back (the
+holder died in that instant) is sent again by the next holder: at-least-once,
+as after a restart. Failover between gateways moves messages only between
+gateways held on the same node.
 """
 
 from __future__ import annotations
@@ -48,14 +63,17 @@ from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
+from redis.exceptions import RedisError
 from sqlalchemy import select
 
+from cti.cluster.duties import Duties, duties_of, local_duties
 from cti.config import ModemLink, SmppLink
 from cti.conversations import OutboundSender
 from cti.errors import InvalidInput
 from cti.history import HistoryEntry
 from cti.identities import IdentityKind
 from cti.keys import SERVICES
+from cti.logs import correlate
 from cti.messaging import MAX_INBOUND_TEXT
 from cti.models import Conversation
 from cti.services import LinkProbe, Services
@@ -100,6 +118,120 @@ def conversation_of(key: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+QUEUED_CHANNEL = "cti:sms:queued"
+Gateway = SmppClient | ModemGateway
+
+
+class _SlotOutbox:
+    """The outbox as one gateway's client sees it: a message stored while this node
+    does not run the gateway is reported as not created (the client must not queue
+    it in memory) and announced to the holder; keys the running client has queued
+    are remembered in ``slot.known`` (so the pick-up does not queue them twice)."""
+
+    def __init__(self, inner: DatabaseOutbox, slot: _Slot) -> None:
+        self._inner = inner
+        self._slot = slot
+
+    async def add(self, message: OutboundSms) -> tuple[OutboundSms, bool]:
+        slot = self._slot
+        running = slot.running
+        was_known = message.key in slot.known
+        if running:
+            slot.known.add(message.key)  # before the row exists: the pick-up must skip it
+        stored, created = await self._inner.add(message)
+        if not created and not was_known:
+            slot.known.discard(message.key)
+        if created and not running:
+            await slot.announce()
+            return stored, False
+        return stored, created
+
+    async def get(self, key: str) -> OutboundSms | None:
+        return await self._inner.get(key)
+
+    async def update(self, message: OutboundSms) -> None:
+        await self._inner.update(message)
+        if message.status != "queued" or message.gateway != self._slot.name:
+            self._slot.known.discard(message.key)
+
+    async def unfinished(self, gateway: str) -> list[OutboundSms]:
+        found = await self._inner.unfinished(gateway)
+        if gateway == self._slot.name:
+            self._slot.known.update(m.key for m in found)
+        return found
+
+    async def find_by_smsc_id(self, smsc_id: str) -> tuple[OutboundSms, int] | None:
+        return await self._inner.find_by_smsc_id(smsc_id)
+
+
+class _Slot:
+    """One SMPP link or modem as a duty: a fresh client each time this node takes it."""
+
+    def __init__(self, channel: SmsChannel, name: str, kind: str,
+                 make: Callable[[_SlotOutbox], Gateway]) -> None:
+        self.name = name
+        self.kind = kind  # "smpp" | "modem"
+        self.duty = f"{'sms' if kind == 'smpp' else 'modem'}:{name}"
+        self._channel = channel
+        self._make = make
+        self.outbox = _SlotOutbox(channel._outbox, self)
+        self.gateway: Gateway = make(self.outbox)
+        self.running = False
+        self.known: set[str] = set()
+
+    @property
+    def available(self) -> bool:
+        """Here: the client's own view; held elsewhere: some node holds it."""
+        if self.running:
+            return self.gateway.available
+        return self._channel.holder(self.duty) is not None
+
+    async def send(
+        self, key: str, destination: str, text: str, source: str | None = None
+    ) -> OutboundSms:
+        return await self.gateway.send(key, destination, text, source)
+
+    async def announce(self) -> None:
+        await self._channel.announce(self.name)
+
+    async def start(self) -> None:
+        self.gateway = self._make(self.outbox)
+        self._channel.current(self)
+        self.known.clear()
+        self.running = True
+        try:
+            await self.gateway.start()  # loads the queued rows (unfinished) and MO parts
+        except BaseException:
+            self.running = False
+            raise
+        self._channel.held_changed()
+
+    async def stop(self) -> None:
+        self.running = False
+        self._channel.held_changed()
+        await self.gateway.stop()
+        self.known.clear()
+
+    async def pick_up(self) -> int:
+        """Queue the rows of this gateway stored by other nodes (not known here)."""
+        if not self.running:
+            return 0
+        taken = 0
+        for message in await self._channel._outbox.unfinished(self.name):
+            if not self.running or message.key in self.known:
+                continue
+            self.known.add(message.key)
+            try:
+                self.gateway.adopt(message)
+            except SmsEncodingError as exc:
+                await self.outbox.update(replace(message, status="failed", error=str(exc)))
+                continue
+            taken += 1
+        if taken:
+            log.info("%s: picked up %d SMS queued on other nodes", self.name, taken)
+        return taken
+
+
 class SmsChannel:
     """The SMPP clients of one server and their wiring into ``Services``."""
 
@@ -108,66 +240,139 @@ class SmsChannel:
         services: Services,
         configs: list[SmppConfig],
         modems: list[ModemConfig] | None = None,
+        duties: Duties | None = None,
     ) -> None:
         self._services = services
+        self._duties = duties if duties is not None else local_duties()
         self._outbox = DatabaseOutbox(services.sessions)
-        self.clients: dict[str, SmppClient] = {
-            config.name: SmppClient(
-                config,
-                self._outbox,
-                on_status=self.on_status,
-                on_incoming=self.on_incoming,
-                mo_parts=DatabaseMoParts(services.sessions),
-            )
-            for config in configs
-        }
-        self.modems: dict[str, ModemGateway] = {
-            config.name: ModemGateway(
-                GsmModem(config),
-                self._outbox,
-                on_status=self.on_status,
-                on_incoming=self.on_incoming,
-                on_call=self.on_call,
-            )
-            for config in modems or []
-        }
-        gateways: dict[str, SmppClient | ModemGateway] = {**self.clients, **self.modems}
+        self.clients: dict[str, SmppClient] = {}  # the current client of each link
+        self.modems: dict[str, ModemGateway] = {}
+        self._slots: dict[str, _Slot] = {}
+        for config in configs:
+            self._slots[config.name] = _Slot(self, config.name, "smpp", self._smpp_maker(config))
+        for mconfig in modems or []:
+            self._slots[mconfig.name] = _Slot(self, mconfig.name, "modem",
+                                              self._modem_maker(mconfig))
+        for slot in self._slots.values():
+            self.current(slot)
         routes = [
             Route(r.gateway, r.prefixes, r.senders) for r in services.settings.sms_routes
-        ] or [Route(name) for name in gateways]
-        self._gateways = gateways
-        self._router = SmsRouter(gateways, routes)
+        ] or [Route(name) for name in self._slots]
+        self._gateways = self._slots
+        self._router = SmsRouter(self._slots, routes)
         self._previous: OutboundSender = services.conversations.outbound
         self.failover_after = 30.0
         self.failover_check = 2.0
+        self.pickup_every = 2.0
         self._down_since: dict[str, float] = {}
         self._failover_task: asyncio.Task[None] | None = None
+        self._pickup_task: asyncio.Task[None] | None = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self._pickup_wake = asyncio.Event()
+
+    def _smpp_maker(self, config: SmppConfig) -> Callable[[_SlotOutbox], Gateway]:
+        def make(outbox: _SlotOutbox) -> Gateway:
+            return SmppClient(config, outbox, on_status=self.on_status,
+                              on_incoming=self.on_incoming,
+                              mo_parts=DatabaseMoParts(self._services.sessions))
+
+        return make
+
+    def _modem_maker(self, config: ModemConfig) -> Callable[[_SlotOutbox], Gateway]:
+        def make(outbox: _SlotOutbox) -> Gateway:
+            return ModemGateway(GsmModem(config), outbox, on_status=self.on_status,
+                                on_incoming=self.on_incoming, on_call=self.on_call)
+
+        return make
+
+    def current(self, slot: _Slot) -> None:
+        if isinstance(slot.gateway, SmppClient):
+            self.clients[slot.name] = slot.gateway
+        else:
+            self.modems[slot.name] = slot.gateway
+
+    def holder(self, duty: str) -> str | None:
+        return self._duties.holder(duty)
+
+    def held(self, name: str) -> bool:
+        slot = self._slots.get(name)
+        return slot is not None and slot.running
+
+    def held_changed(self) -> None:
+        self._pickup_wake.set()
+
+    async def announce(self, gateway: str) -> None:
+        """Tell the holder of ``gateway`` that a message waits in the outbox."""
+        redis = self._services.redis
+        if redis is None:
+            return
+        try:
+            await redis.publish(QUEUED_CHANNEL, gateway)
+        except (RedisError, OSError) as exc:  # the holder's periodic pick-up finds it
+            log.warning("SMS queued for %s: could not notify the holder (%s)", gateway, exc)
 
     async def start(self) -> None:
-        for name, client in self.clients.items():
-            self._services.links.register(f"smpp:{name}", self._probe(client))
-        for name, modem in self.modems.items():
-            self._services.links.register(f"modem:{name}", self._modem_probe(modem))
+        for name, slot in self._slots.items():
+            if slot.kind == "smpp":
+                self._services.links.register(f"smpp:{name}", self._probe(slot))
+            else:
+                self._services.links.register(f"modem:{name}", self._modem_probe(slot))
         self._services.conversations.outbound = self
-        for client in self.clients.values():
-            await client.start()
-        for modem in self.modems.values():
-            await modem.start()
-        if len(self._gateways) > 1:
+        for slot in self._slots.values():
+            await self._duties.add(slot.duty, slot.start, slot.stop)
+        if len(self._slots) > 1:
             self._failover_task = asyncio.create_task(self._failover_loop(), name="sms-failover")
+        if self._duties.clustered:
+            self._pickup_task = asyncio.create_task(self._pickup_loop(), name="sms-pickup")
+            if self._services.redis is not None:
+                self._listen_task = asyncio.create_task(self._listen(), name="sms-queued")
 
     async def stop(self) -> None:
-        task, self._failover_task = self._failover_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for attr in ("_failover_task", "_pickup_task", "_listen_task"):
+            task = getattr(self, attr)
+            setattr(self, attr, None)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._services.conversations.outbound is self:
             self._services.conversations.outbound = self._previous
-        for client in self.clients.values():
-            await client.stop()
-        for modem in self.modems.values():
-            await modem.stop()
+        for slot in self._slots.values():
+            await self._duties.remove(slot.duty)
+
+    async def _pickup_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.pickup_every):
+                    await self._pickup_wake.wait()
+            self._pickup_wake.clear()
+            try:
+                for slot in list(self._slots.values()):
+                    await slot.pick_up()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("SMS pick-up failed; again in %g s", self.pickup_every)
+
+    async def _listen(self) -> None:
+        """``cti:sms:queued`` from other nodes: pick up at once (the loop also polls)."""
+        redis = self._services.redis
+        while True:
+            pubsub = redis.pubsub()
+            try:
+                await pubsub.subscribe(QUEUED_CHANNEL)
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is not None and any(s.running for s in self._slots.values()):
+                        self._pickup_wake.set()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.debug("SMS queued notifications: %s; resubscribing", exc)
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
 
     async def _failover_loop(self) -> None:
         while True:
@@ -180,13 +385,15 @@ class SmsChannel:
                 log.exception("SMS failover pass failed")
 
     async def failover_once(self, now: float | None = None) -> int:
-        """Move queued messages off gateways down for ``failover_after``; how many moved."""
+        """Move queued messages off gateways down for ``failover_after``; how many moved.
+        Only between gateways this node runs (the others belong to their holders)."""
         now = time.monotonic() if now is None else now
         moved = 0
-        for name, gateway in self._gateways.items():
-            if gateway.available:
+        for name, slot in self._slots.items():
+            if not slot.running or slot.gateway.available:
                 self._down_since.pop(name, None)
                 continue
+            gateway = slot.gateway
             if now - self._down_since.setdefault(name, now) < self.failover_after:
                 continue
             for message in await self._outbox.unfinished(name):
@@ -196,11 +403,13 @@ class SmsChannel:
                     other for other in self._router.candidates(
                         message.destination, message.source or None
                     )
-                    if other != name and self._gateways[other].available
+                    if other != name and self._slots[other].running
+                    and self._slots[other].gateway.available
                 ]
                 if not targets or not gateway.withdraw(message.key):
                     continue
-                target = self._gateways[targets[0]]
+                target_slot = self._slots[targets[0]]
+                target = target_slot.gateway
                 if isinstance(gateway, SmppClient) and not message.destination.startswith("+"):
                     # The ESME stores digits only and sends them as TON international;
                     # a modem takes the "+" as the TPDU's international type of number.
@@ -211,7 +420,8 @@ class SmsChannel:
                     log.warning("SMS %s cannot move to %s: %s", message.key, target.name, exc)
                     gateway.adopt(message)
                     continue
-                await self._outbox.update(fitted)
+                await slot.outbox.update(fitted)
+                target_slot.known.add(fitted.key)
                 target.adopt(fitted)
                 moved += 1
                 log.info("SMS %s moved from %s (down) to %s", message.key, name, target.name)
@@ -231,9 +441,16 @@ class SmsChannel:
                     )
         return moved
 
-    @staticmethod
-    def _modem_probe(modem: ModemGateway) -> LinkProbe:
+    def _elsewhere(self, slot: _Slot, kind: str) -> dict[str, Any]:
+        holder = self.holder(slot.duty)
+        return {"kind": kind, "up": holder is not None, "held_by": holder,
+                "detail": f"run by node {holder}" if holder else "no node runs it"}
+
+    def _modem_probe(self, slot: _Slot) -> LinkProbe:
         async def probe() -> dict[str, Any]:
+            modem = slot.gateway
+            if not slot.running or not isinstance(modem, ModemGateway):
+                return self._elsewhere(slot, "modem")
             health = modem.health()
             return {
                 "kind": "modem",
@@ -271,8 +488,11 @@ class SmsChannel:
             )
         )
 
-    def _probe(self, client: SmppClient) -> LinkProbe:
+    def _probe(self, slot: _Slot) -> LinkProbe:
         async def probe() -> dict[str, Any]:
+            client = slot.gateway
+            if not slot.running or not isinstance(client, SmppClient):
+                return self._elsewhere(slot, "smpp")
             health = client.health()
             return {
                 "kind": "smpp",
@@ -296,6 +516,10 @@ class SmsChannel:
     async def send(self, channel: str, contact: str, text: str, conversation_id: int) -> str:
         if channel != "sms":
             return await self._previous.send(channel, contact, text, conversation_id)
+        with correlate(f"conv:{conversation_id}"):
+            return await self._send_sms(contact, text, conversation_id)
+
+    async def _send_sms(self, contact: str, text: str, conversation_id: int) -> str:
         key = f"c{conversation_id}-{uuid.uuid4().hex}"
         try:
             message = await self._router.send(key, contact, text)
@@ -326,11 +550,12 @@ class SmsChannel:
         conversation_id = conversation_of(message.key)
         if conversation_id is None:
             return  # not a conversation reply (e.g. sent by the IVR): nothing to thread
-        await self._record(message, conversation_id)
-        if message.status in FINAL_STATUSES:
-            await self._services.inbox.delivery_status(
-                conversation_id, message.key, message.status, message.error
-            )
+        with correlate(f"conv:{conversation_id}"):
+            await self._record(message, conversation_id)
+            if message.status in FINAL_STATUSES:
+                await self._services.inbox.delivery_status(
+                    conversation_id, message.key, message.status, message.error
+                )
 
     async def _record(self, message: OutboundSms, conversation_id: int) -> None:
         conv = await self._services.conversations.get(conversation_id)
@@ -432,6 +657,7 @@ def sms_links(
             services,
             [tuning(link) for link in settings.smpp],
             [modem_tuning(modem) for modem in settings.modems],
+            duties_of(app),
         )
         if running is not None:
             running.append(channel)

@@ -18,6 +18,7 @@ from cti.callbacks import (
     agent_is_free,
     callback_caller_id,
     earlier_caller_waits,
+    may_free_a_turn,
     setup_callbacks,
 )
 from cti.config import Settings
@@ -27,6 +28,7 @@ from cti.keys import SERVICES
 from cti.models import CallbackBookingRow
 from cti.services import Services
 from ivr.ports import CallbackRequest, PortError
+from pbx.changes import CallEnded, CallStarted, QueueMemberChanged
 from pbx.link import AmiLink
 from pbx.state import MemberSnapshot, QueueSnapshot, WaitingCaller
 from tests.functional.cti.conftest import ADMIN, PASSWORD, make_agent
@@ -153,6 +155,8 @@ async def test_restart_reloads_waiting_and_rechecks_calling(settings: Settings) 
         rows = await cb.list_bookings()
         assert [(r.id, r.status) for r in rows] == [(waiting, "waiting"), (calling, "waiting")]
         assert rows[1].last_result == "interrupted" and rows[1].attempts == 0
+        # dialled again after the retry delay, not at once (the phone may just have rung)
+        assert rows[1].next_attempt_at.timestamp() > time.time() + cb.retry_delay - 60
     finally:
         await svc.stop()
 
@@ -204,3 +208,41 @@ async def test_rest_list_and_cancel(
     assert resp.status == 409
     resp = await http.delete("/api/v1/callbacks/424242", headers=admin)
     assert resp.status == 404
+
+
+def member_change(device_state: str, *, paused: bool = False, in_call: bool = False,
+                  removed: bool = False) -> QueueMemberChanged:
+    return QueueMemberChanged("lab", "support", "PJSIP/agent1", paused, "", device_state,
+                              in_call, 0, 0.0, removed)
+
+
+def test_only_changes_that_may_free_a_turn_count() -> None:
+    assert may_free_a_turn(member_change("NOT_INUSE"))
+    assert not may_free_a_turn(member_change("INUSE", in_call=True))
+    assert not may_free_a_turn(member_change("NOT_INUSE", paused=True))
+    assert not may_free_a_turn(member_change("NOT_INUSE", removed=True))
+    assert not may_free_a_turn(CallStarted("lab", "c1", "PJSIP/x-1", "1", "", "100", 0.0))
+    assert may_free_a_turn(CallEnded("lab", "c1", 16, "Normal", "hangup", "support", None))
+
+
+async def test_scheduler_passes_only_when_a_due_booking_may_go(settings: Settings) -> None:
+    """The tick is O(1): a full pass (queue snapshots, claims) only when a booking is due
+    and something that may free its turn happened since the last pass."""
+    svc = Services(settings)
+    await svc.start()
+    try:
+        cb = CallbackService(svc, no_links, first_delay=0.0, follow_check=3600.0)
+        assert not await cb.tick_once()  # nothing booked: no pass
+        await cb.on_change(member_change("NOT_INUSE"))
+        assert not await cb.tick_once() and cb.passes == 0
+        await cb.book_callback(request("tick-1", entry=time.time()))
+        assert await cb.tick_once()  # the booking became due
+        for _ in range(3):
+            await cb.on_change(member_change("INUSE", in_call=True))  # churn of busy agents
+            assert not await cb.tick_once()
+        assert cb.passes == 1
+        await cb.on_change(member_change("NOT_INUSE"))  # an agent is free: serve it
+        assert await cb.tick_once() and cb.passes == 2
+        assert not await cb.tick_once()
+    finally:
+        await svc.stop()

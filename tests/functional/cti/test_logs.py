@@ -27,8 +27,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from cti.app import create_app
-from cti.config import ConfigError, Settings, load_settings
+from cti.config import ConfigError, Settings, load_settings, parse_ami_url
+from cti.links.ivr import correlated
 from cti.logs import LogContext, configure_logging, correlate, redact
+from ivr.ports import IvrPorts
+from ivr.reference_ports import MemoryPorts
+from ivr.server import FastAgiServer, FastAgiSettings
+from ivr.session import AgiSession
 from tests.peers.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -142,6 +147,42 @@ async def test_http_requests_carry_their_correlation_id(
     assert [line["correlation_id"] for line in failures] == ["req:lb-7f3a", f"req:{generated}"]
     assert failures[0]["level"] == "ERROR"
     assert "RuntimeError: db at postgresql+asyncpg://cti:***@db/cti" in failures[0]["exc_info"]
+
+
+async def test_ivr_sessions_carry_their_call_id(json_log: io.StringIO) -> None:
+    """Two AGI sessions over loopback TCP: each flow's lines and the server's log of the
+    failed one carry ``call:<pbx>:<Uniqueid>`` of their own call."""
+
+    async def flow(session: AgiSession, ports: IvrPorts) -> None:
+        log.info("IVR flow for %s", session.environment.caller_number)
+        if session.environment.uniqueid.endswith(".2"):
+            raise RuntimeError("a broken flow")
+
+    settings = Settings(ami=(parse_ami_url("ami://cti:x@127.0.0.1:5038"),))
+    server = FastAgiServer(FastAgiSettings(host="127.0.0.1", port=0),
+                           correlated({"probe": flow}, settings), MemoryPorts().ports())
+    await server.start()
+    try:
+        peers = []
+        for n in (1, 2):
+            reader, writer = await asyncio.open_connection(*server.address)
+            writer.write(f"agi_network: yes\nagi_network_script: probe\n"
+                         f"agi_uniqueid: 1700000000.{n}\nagi_callerid: 7916000000{n}\n\n"
+                         .encode())
+            peers.append((reader, writer))
+        for reader, writer in peers:
+            async with asyncio.timeout(10):
+                assert await reader.read() == b""  # the session ended: the server closed
+            writer.close()
+    finally:
+        await server.close()
+    lines = [(line["logger"], line["message"], line["correlation_id"])
+             for line in lines_of(json_log) if line["logger"] in ("cti.test_logs", "ivr.server")]
+    assert ("cti.test_logs", "IVR flow for 79160000001", "call:pbx1:1700000000.1") in lines
+    assert ("cti.test_logs", "IVR flow for 79160000002", "call:pbx1:1700000000.2") in lines
+    failed = [line for line in lines_of(json_log) if line["message"].endswith("flow failed")]
+    assert [line["correlation_id"] for line in failed] == ["call:pbx1:1700000000.2"]
+    assert "RuntimeError: a broken flow" in failed[0]["exc_info"]
 
 
 def test_log_settings_from_env_and_file(tmp_path: Path) -> None:

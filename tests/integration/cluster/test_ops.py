@@ -3,13 +3,16 @@
 Both nodes publish their summary to Redis; ``GET /api/v1/health/cluster`` on
 either lists both. Node B is killed with SIGKILL: once its report's TTL runs
 out, A lists it ``down`` with its last-seen time and the cluster is
-``degraded``. Node logs are JSON lines carrying their node id.
+``degraded``. With Redis stopped, A answers for itself (degraded, with the
+reason); once it is back, A lists both again. Node logs are JSON lines
+carrying their node id.
 
 (Redis stopped for 10 s while the nodes run is ``test_two_nodes.test_redis_outage``.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -96,6 +99,20 @@ async def test_cluster_health_lists_both_nodes_and_a_killed_one_as_down(
     assert body["status"] == "degraded" and (body["up"], body["down"]) == (1, 1), body
     assert b_entry["last_seen"].endswith("Z") and b_entry["down_for_s"] >= 0, b_entry
     assert by_id(body)["A"]["status"] != "down"
+
+    # Redis stopped: A answers for itself only, degraded, and says why; back: both again.
+    await asyncio.to_thread(own_redis.stop)
+    body = await cluster_health(node_a)
+    assert body["status"] == "degraded" and [n["node_id"] for n in body["nodes"]] == ["A"]
+    assert "Redis unreachable" in body["detail"], body
+    await asyncio.to_thread(own_redis.start)
+
+    async def a_up_b_down() -> bool:
+        listed = by_id(await cluster_health(node_a))
+        return (set(listed) == {"A", "B"} and listed["B"]["status"] == "down"
+                and listed["A"]["links"]["redis"]["up"] is True)
+
+    await until("A back on Redis, B still down", a_up_b_down, 30)
 
     # CTI_LOG_FORMAT=json: besides the "listening" banner on stdout, JSON lines with A's id.
     text = node_a.log.read_text()

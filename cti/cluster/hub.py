@@ -14,7 +14,8 @@ PUBLISHes ``{kind, node, id, ts, body}`` on one Redis Pub/Sub channel that
 every node's ``_live_reader`` follows; the handler registered for ``kind``
 (``on_live``) runs on each OTHER node and its reply (a small dict) is pushed
 to a reply list that the asking node pops until every node that received the
-message (PUBLISH's count, less itself) answered or ``within`` passed. A node
+message (PUBLISH's count, less itself) answered or ``within`` passed (``within=0``:
+no replies are asked for or awaited). A node
 that is not subscribed at that moment simply does not get it: this carries
 commands that must not be replayed (softphone commands, chat pushes). Nothing
 is queued while Redis is down: the caller gets ``None`` and falls back to this
@@ -33,6 +34,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from cti.cluster.bus import BusEvent, EventBus
@@ -48,6 +50,15 @@ LIVE_MAX_MESSAGE = 256 * 1024
 LiveHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
 
+async def _twice(command: Callable[[], Awaitable[Any]]) -> Any:
+    """Run a Redis command; once more on a connection error (a pooled connection
+    that Redis closed while it restarted fails on first use)."""
+    try:
+        return await command()
+    except (ConnectionError, RedisConnectionError):
+        return await command()
+
+
 class ClusterHub(EventHub):
     def __init__(self, node_id: str, *, replay: int = 500, queue_size: int = 256) -> None:
         super().__init__(replay=replay, queue_size=queue_size)
@@ -61,6 +72,7 @@ class ClusterHub(EventHub):
         self._live_reply_tasks: set[asyncio.Task[None]] = set()
         self.live_subscribed = False
         self.live_dropped = 0
+        self.live_failures = 0  # consecutive request_live calls that found no Redis
 
     async def start(self, redis: Redis, **bus_options: Any) -> EventBus:
         self.bus = EventBus(redis, node_id=self.node_id, on_event=self._deliver, **bus_options)
@@ -123,12 +135,15 @@ class ClusterHub(EventHub):
         if redis is None:
             return None
         message_id = uuid.uuid4().hex
-        text = json.dumps({"kind": kind, "node": self.node_id, "id": message_id,
+        ack = within > 0
+        text = json.dumps({"kind": kind, "node": self.node_id, "id": message_id, "ack": ack,
                            "ts": time.time(), "body": body}, ensure_ascii=False, default=str)
         reply_key = LIVE_REPLY_KEY.format(id=message_id)
         replies: list[dict[str, Any]] = []
         try:
-            receivers = int(await redis.publish(LIVE_CHANNEL, text))
+            receivers = int(await _twice(lambda: redis.publish(LIVE_CHANNEL, text)))
+            if not ack:
+                return replies
             others = receivers - (1 if self.live_subscribed else 0)
             deadline = time.monotonic() + within
             while len(replies) < others:
@@ -144,9 +159,12 @@ class ClusterHub(EventHub):
                         replies.append(reply)
             await redis.delete(reply_key)
         except (RedisError, OSError) as exc:
-            log.warning("live %s: Redis unreachable (%s); this node only", kind,
-                        type(exc).__name__)
+            self.live_failures += 1
+            if self.live_failures == 1 or self.live_failures % 1000 == 0:
+                log.warning("live %s: Redis unreachable (%s); this node only (%d times)", kind,
+                            type(exc).__name__, self.live_failures)
             return None if not replies else replies
+        self.live_failures = 0
         return replies
 
     async def _live_reader(self) -> None:
@@ -184,6 +202,7 @@ class ClusterHub(EventHub):
             kind, node, message_id = str(data["kind"]), str(data["node"]), str(data["id"])
             age = time.time() - float(data["ts"])
             body = data["body"]
+            ack = data.get("ack", True) is not False
         except (ValueError, KeyError, TypeError):
             log.warning("live channel: a message that is not ours; skipped")
             return
@@ -194,12 +213,12 @@ class ClusterHub(EventHub):
             self.live_dropped += 1
             log.warning("live %s from node %s dropped: %.1f s old", kind, node, age)
             handler = None
-        task = asyncio.create_task(self._answer_live(handler, kind, message_id, body))
+        task = asyncio.create_task(self._answer_live(handler, kind, message_id, body, ack))
         self._live_reply_tasks.add(task)
         task.add_done_callback(self._live_reply_tasks.discard)
 
     async def _answer_live(self, handler: LiveHandler | None, kind: str, message_id: str,
-                           body: dict[str, Any]) -> None:
+                           body: dict[str, Any], ack: bool = True) -> None:
         reply: dict[str, Any] | None = None
         if handler is not None:
             try:
@@ -208,11 +227,12 @@ class ClusterHub(EventHub):
                 log.exception("live %s: the handler failed", kind)
         reply = {"node": self.node_id, **(reply or {})}
         redis = self._redis
-        if redis is None:
+        if redis is None or not ack:
             return
         key = LIVE_REPLY_KEY.format(id=message_id)
         try:
-            await redis.rpush(key, json.dumps(reply, default=str))
+            encoded = json.dumps(reply, default=str)
+            await _twice(lambda: redis.rpush(key, encoded))
             await redis.expire(key, 10)
         except (RedisError, OSError) as exc:
             log.warning("live %s: reply not sent (%s)", kind, type(exc).__name__)

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,13 @@ class ChatRateLimiter:
             digest = hashlib.sha256(token.encode()).hexdigest()
             ttl_ms = int(self.burst / self.per_second * 1000) + 1000
             try:
-                wait = await self._script(keys=[KEY.format(digest=digest)],
-                                          args=[self.per_second, self.burst, ttl_ms])
+                try:
+                    wait = await self._script(keys=[KEY.format(digest=digest)],
+                                              args=[self.per_second, self.burst, ttl_ms])
+                except (ConnectionError, RedisConnectionError):
+                    # A pooled connection closed by a Redis restart fails once.
+                    wait = await self._script(keys=[KEY.format(digest=digest)],
+                                              args=[self.per_second, self.burst, ttl_ms])
             except (RedisError, OSError) as exc:
                 self.fallbacks += 1
                 if self.shared:

@@ -360,7 +360,8 @@ class ChatService:
         return message
 
     async def on_assigned(self, conv: Conversation, agent: Agent) -> None:
-        if conv.id in self._rooms or isinstance(self._services.hub, ClusterHub):
+        cluster = isinstance(self._services.hub, ClusterHub)
+        if conv.id in self._rooms or (cluster and conv.channel in TEXT_CHANNELS):
             body = {"type": "status", "conversation": await self.summary(conv)}
             await self._push_everywhere(conv.id, body, within=0)
 

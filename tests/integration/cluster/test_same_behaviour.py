@@ -12,10 +12,16 @@ nodes (their start is most of the cost):
   each customer message reaches the window on the other node;
 - a SIPp caller waiting in the sales queue (no agent logged in): the admin's
   wallboard on B (REST and live socket) shows the same queue as on A.
+
+``test_live_channel_between_hubs``: the live channel itself between two
+ClusterHubs in one process: replies from the other node only, none asked with
+``within=0``, a stale message dropped, ``None`` while Redis is stopped, and
+the channel back after Redis restarts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,7 +30,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
+from cti.cluster.hub import LIVE_CHANNEL, ClusterHub
 from cti.lab import LabPbx
 from cti.links.pbx import ami_url
 from cti.webchat.tokens import ChatTokenSigner
@@ -200,3 +208,46 @@ async def test_same_behaviour_on_both_nodes(
     finally:
         caller.stop()
         await board.close()
+
+
+async def test_live_channel_between_hubs(own_redis: OwnRedis) -> None:
+    redis = aioredis.from_url(own_redis.url, socket_connect_timeout=2, socket_timeout=2)
+    hub_a, hub_b = ClusterHub("A"), ClusterHub("B")
+    got: list[dict[str, Any]] = []
+
+    async def echo(body: dict[str, Any]) -> dict[str, Any]:
+        got.append(body)
+        return {"n": body["n"]}
+
+    hub_a.on_live("echo", echo)
+    hub_b.on_live("echo", echo)
+    await hub_a.start(redis)
+    await hub_b.start(redis)
+    try:
+        async def subscribed() -> bool:
+            return hub_a.live_subscribed and hub_b.live_subscribed
+
+        await until("both hubs on the live channel", subscribed, 20)
+        assert await hub_a.request_live("echo", {"n": 1}) == [{"node": "B", "n": 1}]
+        assert got == [{"n": 1}]  # the sender does not run its own handler
+        assert await hub_b.request_live("echo", {"n": 2}, within=0) == []
+        stale = json.dumps({"kind": "echo", "node": "C", "id": "x", "ts": time.time() - 60,
+                            "body": {"n": 3}})
+        await redis.publish(LIVE_CHANNEL, stale)
+
+        async def both_got_two() -> bool:
+            return got.count({"n": 2}) == 1 and hub_a.live_dropped + hub_b.live_dropped == 2
+
+        await until("the no-ack message handled, the stale one dropped", both_got_two, 20)
+        assert {"n": 3} not in got
+        await asyncio.to_thread(own_redis.stop)
+        assert await hub_a.request_live("echo", {"n": 4}) is None
+        await asyncio.to_thread(own_redis.start)
+        async def answered_again() -> bool:
+            return await hub_b.request_live("echo", {"n": 5}) == [{"node": "A", "n": 5}]
+
+        await until("A answering B again after Redis restarted", answered_again, 30)
+    finally:
+        await hub_a.stop()
+        await hub_b.stop()
+        await redis.aclose()

@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import String, and_, cast, exists, literal, or_, select
+from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cti.cluster.duties import duties_of, local_duties
@@ -111,7 +111,9 @@ class SlaWatch:
             for channel, limit in self.limits.items()
         ))
         replied = exists().where(h.conversation_id == c.id, h.kind.in_(OUTBOUND_TEXT))
-        raised = exists().where(h.dedup_key == literal("sla:").concat(cast(c.id, String)))
+        # by conversation (indexed), not by dedup key: a partitioned history has no
+        # dedup_key index (the trigger's history_dedup table keeps them)
+        raised = exists().where(h.conversation_id == c.id, h.kind == "sla_breached")
         async with self._services.sessions() as session:
             rows = await session.scalars(
                 select(c)

@@ -120,6 +120,8 @@ class Lease:
             if self._eligible is not None and not self._eligible():
                 if self.token is not None:  # e.g. the AMI link it needs went elsewhere
                     await self.release()
+                value = await self._redis.get(LEASE_KEY.format(duty=self.duty))
+                self.holder = _text(value).rpartition(":")[0] if value else None
                 self.detail = "not eligible on this node"
                 return
             if self.token is None:

@@ -194,3 +194,22 @@ class Desk:
     async def close(self) -> None:
         if self.ws is not None:
             await self.ws.close()
+
+
+async def duties_of(node: Node) -> dict[str, Any]:
+    """The ``duties`` of the node's ``cluster`` health entry ({} if it cannot answer)."""
+    try:
+        cluster = (await node.health())["links"].get("cluster", {})
+    except (aiohttp.ClientError, TimeoutError):
+        return {}
+    duties: dict[str, Any] = cluster.get("duties", {})
+    return duties
+
+
+async def holder_of_duty(node: Node, duty: str) -> str | None:
+    """Who holds ``duty`` as the node sees it (itself if it runs it)."""
+    state = (await duties_of(node)).get(duty, {})
+    if state.get("held"):
+        return node.name
+    holder: str | None = state.get("holder")
+    return holder

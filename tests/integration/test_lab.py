@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from cti.lab import STATE_FILE, LabPbx, LabPbxError, PortTaken, render_templates
-from tests.peers.asterisk import LabPbxFactory
+from tests.peers.asterisk import LabPbxFactory, hangup_channel
 from tests.peers.sipp import (
     Dtmf,
     Pause,
     SippFactory,
+    SippProcess,
     caller_call,
     register_agent,
     wait_until,
@@ -174,6 +175,7 @@ async def test_sipp_caller_sends_rfc2833_dtmf_while_queued(
         lab_pbx, events,
         lambda e: e.get("Event") == "Hangup" and e.get("CallerIDNum") == number))
     try:
+        await first_event(events, lambda e: e.get("Response") == "Success", "login")
         caller = sipp_caller(number="200", caller_number=number, caller_name="Тест DTMF",
                              steps=[Pause(2.5), Dtmf("1")], hangup_after=8.0)
         result = await caller.wait_async(60)
@@ -193,16 +195,37 @@ async def test_sipp_caller_sends_rfc2833_dtmf_while_queued(
     assert not [e for e in events if e.get("Event") in {"VarSet", "Newexten"}]
 
 
+async def first_event(
+    events: list[dict[str, str]], match: Callable[[dict[str, str]], bool], what: str,
+    within: float = 30.0,
+) -> dict[str, str]:
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        found = next((e for e in events if match(e)), None)
+        if found is not None:
+            return found
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"no AMI event {what} within {within:g} s: {events}")
+        await asyncio.sleep(0.05)
+
+
 async def call_and_collect(pbx: LabPbx, workdir: Path, number: str) -> list[dict[str, str]]:
+    """One call into queue support, hung up by the PBX once the caller waits there."""
     events: list[dict[str, str]] = []
     collector = asyncio.create_task(collect_events(
         pbx, events, lambda e: e.get("Event") == "Hangup" and e.get("CallerIDNum") == number))
-    caller = caller_call(pbx, workdir, caller_number=number, hangup_after=1.0, timeout=30)
+    caller: SippProcess | None = None
     try:
+        await first_event(events, lambda e: e.get("Response") == "Success", "login")
+        caller = caller_call(pbx, workdir, caller_number=number, hangup_after=60.0, timeout=90)
+        join = await first_event(events, lambda e: e.get("Event") == "QueueCallerJoin"
+                                 and e.get("CallerIDNum") == number, "QueueCallerJoin")
+        await hangup_channel(pbx, join["Channel"])
         result = await caller.wait_async(45)
         await asyncio.wait_for(asyncio.shield(collector), 15)
     finally:
-        caller.stop()
+        if caller is not None:
+            caller.stop()
         collector.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await collector

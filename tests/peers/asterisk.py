@@ -8,6 +8,7 @@ When a test failed, the Asterisk logs are copied to test-artifacts/.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 from collections.abc import Callable, Generator, Iterator
@@ -41,6 +42,19 @@ def start_lab_pbx(pbx: LabPbx) -> LabPbx:
     except LabPbxError as exc:
         pytest.fail(f"lab Asterisk could not start: {exc}", pytrace=False)
     return pbx
+
+
+async def hangup_channel(pbx: LabPbx, channel: str) -> str:
+    """Hang up ``channel`` from the PBX side: its SIP peer gets the PBX's BYE.
+
+    For tests that end a call once the PBX did what they wait for, instead of
+    a caller that hangs up after a fixed time (too early on a loaded machine,
+    needlessly late on an idle one). Returns the CLI's answer.
+    """
+    answer = await asyncio.to_thread(pbx.cli, f"channel request hangup {channel}")
+    if "not a known channel" in answer:
+        raise AssertionError(f"cannot hang up {channel}: {answer.strip()}")
+    return answer
 
 
 def keep_logs(pbx: LabPbx, label: str) -> None:

@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "phone": ("cti.softphone", "the agent softphone (pjsua2)"),
     "pbx": ("cti.pbxconf.cli", "render / check / diff / apply the PBX configuration"),
     "reports": ("cti.reports.cli", "import Asterisk queue_log / CDR records into the history"),
+    "db": ("cti.partitions", "database maintenance: history retention"),
 }
 
 

@@ -26,6 +26,7 @@ from cti.links.pbx import setup_pbx_links
 from cti.links.sms import sms_links
 from cti.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 from cti.metrics import SMS_CHANNELS, setup_metrics
+from cti.partitions import setup_partitions
 from cti.phone_api import setup_phone_api
 from cti.reports.api import setup_reports
 from cti.wallboard import setup_wallboard
@@ -41,6 +42,7 @@ def build_app(settings: Settings, *, lab: bool = False) -> web.Application:
     setup_web(app)
     setup_pbx_links(app)
     setup_cluster(app)
+    setup_partitions(app)  # PostgreSQL: next months' history partitions, daily
     setup_metrics(app)  # its SMS_CHANNELS list receives the running SMS channel below
     setup_call_control(app)
     setup_reports(app)

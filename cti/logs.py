@@ -19,11 +19,11 @@ import json
 import logging
 import re
 import sys
+import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
-from datetime import UTC, datetime
 from typing import TextIO
 
 from aiohttp import web
@@ -53,6 +53,7 @@ _KEY_VALUE = re.compile(
     r"(?P<pre>(?i:\b[\w\-]*(?:password|passwd|secret|token|api_?key)[\w\-]*)"
     r"[\"']?\s*[=:]\s*)(?P<value>\"[^\"\n]*\"|'[^'\n]*'|[^\s\"'&,;)}\]]+)"
 )
+_KEYWORDS = ("password", "passwd", "secret", "token", "apikey", "api_key")
 _BEARER = re.compile(r"(?P<pre>(?i:\b(?:bearer|basic)\s+))[A-Za-z0-9._~+/=\-]{8,}")
 
 
@@ -65,9 +66,14 @@ def _redact_value(match: re.Match[str]) -> str:
 def redact(text: str) -> str:
     """``text`` with passwords in URLs, ``password``/``secret``/``token`` values and bearer
     credentials replaced by ``***``."""
-    text = _URL_PASSWORD.sub(lambda m: m.group("pre") + REDACTED, text)
-    text = _KEY_VALUE.sub(_redact_value, text)
-    return _BEARER.sub(lambda m: m.group("pre") + REDACTED, text)
+    if "://" in text:
+        text = _URL_PASSWORD.sub(lambda m: m.group("pre") + REDACTED, text)
+    lower = text.lower()
+    if any(word in lower for word in _KEYWORDS):
+        text = _KEY_VALUE.sub(_redact_value, text)
+    if "bearer" in lower or "basic" in lower:
+        text = _BEARER.sub(lambda m: m.group("pre") + REDACTED, text)
+    return text
 
 
 class LogContext(logging.Filter):
@@ -108,9 +114,8 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

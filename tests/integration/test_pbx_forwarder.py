@@ -15,6 +15,7 @@ from cti.lab import LabPbx
 from cti.links.pbx import ChangeForwarder
 from pbx import changes as ch
 from pbx.link import AmiLink, LinkSettings
+from tests.peers.asterisk import hangup_channel
 
 pytestmark = pytest.mark.integration
 
@@ -44,26 +45,44 @@ async def test_bad_and_slow_changes_do_not_stop_other_calls(
     try:
         await link.wait_up(30)
         caplog.set_level(logging.ERROR, logger="cti.links.pbx")
-        sipp_caller(number="200", caller_number=SLOW, hangup_after=4)
+        # Both callers stay until the PBX hangs them up: the test ends each call
+        # once it is where the test wants it, never after a fixed time.
+        sipp_caller(number="200", caller_number=SLOW, hangup_after=60)
 
         def queued(number: str) -> ch.CallQueued | None:
             return next((c for c in seen if isinstance(c, ch.CallQueued)
                          and c.caller_number == number), None)
 
+        def started(number: str) -> ch.CallStarted:
+            return next(c for c in seen if isinstance(c, ch.CallStarted)
+                        and c.caller_number == number)
+
+        def ended(call_id: str) -> bool:
+            return any(isinstance(c, ch.CallEnded) and c.call_id == call_id for c in seen)
+
         deadline = time.monotonic() + 30
         while queued(SLOW) is None:
             assert time.monotonic() < deadline, "the slow call never queued"
             await asyncio.sleep(0.05)
-        sipp_caller(number="200", caller_number=FAST, hangup_after=2)
-        while not any(isinstance(c, ch.CallEnded) and c.call_id != slow_call[0]
-                      and (q := queued(FAST)) is not None and c.call_id == q.call_id
-                      for c in seen):
+        sipp_caller(number="200", caller_number=FAST, hangup_after=60)
+        while (fast := queued(FAST)) is None:
             assert time.monotonic() < deadline + 30, "the second call was held up"
             await asyncio.sleep(0.05)
-        # the slow call's later changes wait behind its blocked CallQueued
-        assert not any(isinstance(c, ch.CallEnded) and c.call_id == slow_call[0] for c in seen)
+        await hangup_channel(lab_pbx, started(FAST).channel)
+        while not ended(fast.call_id):
+            assert time.monotonic() < deadline + 30, "the second call's end was held up"
+            await asyncio.sleep(0.05)
+        assert fast.call_id != slow_call[0]
+        # The slow call ends at the PBX (the link's own state drops it), but its
+        # later changes wait behind its blocked CallQueued.
+        assert link.call(slow_call[0]) is not None
+        await hangup_channel(lab_pbx, started(SLOW).channel)
+        while link.call(slow_call[0]) is not None:
+            assert time.monotonic() < deadline + 60, "the slow call never ended at the PBX"
+            await asyncio.sleep(0.05)
+        assert not ended(slow_call[0])
         release.set()
-        while not any(isinstance(c, ch.CallEnded) and c.call_id == slow_call[0] for c in seen):
+        while not ended(slow_call[0]):
             assert time.monotonic() < deadline + 60, "the slow call never ended"
             await asyncio.sleep(0.05)
         mine = [type(c).__name__ for c in seen if getattr(c, "call_id", None) == slow_call[0]]

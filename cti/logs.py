@@ -53,6 +53,8 @@ _KEY_VALUE = re.compile(
     r"(?P<pre>(?i:\b[\w\-]*(?:password|passwd|secret|token|api_?key)[\w\-]*)"
     r"[\"']?\s*[=:]\s*)(?P<value>\"[^\"\n]*\"|'[^'\n]*'|[^\s\"'&,;)}\]]+)"
 )
+# Customer web-chat links carry their credential in the path: /c/<token>, /api/v1/chat/<token>.
+_CHAT_PATH = re.compile(r"(?P<pre>/(?:c|api/v1/chat)/)[A-Za-z0-9_\-]{16,}")
 _KEYWORDS = ("password", "passwd", "secret", "token", "apikey", "api_key")
 _BEARER = re.compile(r"(?P<pre>(?i:\b(?:bearer|basic)\s+))[A-Za-z0-9._~+/=\-]{8,}")
 
@@ -64,10 +66,12 @@ def _redact_value(match: re.Match[str]) -> str:
 
 
 def redact(text: str) -> str:
-    """``text`` with passwords in URLs, ``password``/``secret``/``token`` values and bearer
-    credentials replaced by ``***``."""
+    """``text`` with passwords in URLs, ``password``/``secret``/``token`` values, bearer
+    credentials and web-chat link tokens replaced by ``***``."""
     if "://" in text:
         text = _URL_PASSWORD.sub(lambda m: m.group("pre") + REDACTED, text)
+    if "/c/" in text or "/chat/" in text:
+        text = _CHAT_PATH.sub(lambda m: m.group("pre") + REDACTED, text)
     lower = text.lower()
     if any(word in lower for word in _KEYWORDS):
         text = _KEY_VALUE.sub(_redact_value, text)

@@ -74,6 +74,9 @@ def test_redact_urls_and_key_values() -> None:
         f"Authorization: Bearer {SECRET}": "Authorization: Bearer ***",
         "http://host:8080/path@x?q=1": "http://host:8080/path@x?q=1",
         "agent1 took conversation 12": "agent1 took conversation 12",
+        "GET /c/AQAAAAAADGsFqmho4Xgzvod5sj0BVwld9mbu5byB-AE failed": "GET /c/*** failed",
+        "ws /api/v1/chat/AQAAAAAADGsFqmho4Xgz/ws": "ws /api/v1/chat/***/ws",
+        "GET /api/v1/conversations/12/messages": "GET /api/v1/conversations/12/messages",
     }
     for raw, want in cases.items():
         assert redact(raw) == want, raw

@@ -9,7 +9,9 @@ nodes (their start is most of the cost):
   ``GET /api/v1/agents/me/phone``; a user with no softphone anywhere gets 409;
 - the same chat link open on A and on B: frames sent alternately through both
   share one rate limit (burst 10: per-node buckets would pass all 16), and
-  each customer message reaches the window on the other node;
+  each customer message reaches the window on the other node; a reply an
+  agent sends through A reaches a window open only on B (``delivered``), as
+  does the assignment status;
 - a SIPp caller waiting in the sales queue (no agent logged in): the admin's
   wallboard on B (REST and live socket) shows the same queue as on A.
 
@@ -33,12 +35,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from cti.cluster.hub import LIVE_CHANNEL, ClusterHub
+from cti.config import Settings
 from cti.lab import LabPbx
 from cti.links.pbx import ami_url
+from cti.services import Services
 from cti.webchat.tokens import ChatTokenSigner
 from tests.integration.cluster.conftest import OwnRedis
 from tests.integration.cluster.nodes import ADMIN, SECRET, Node, node_env, until
-from tests.integration.cluster.test_two_nodes import fresh_database, sms_conversation
+from tests.integration.cluster.test_two_nodes import fresh_database
 from tests.peers.ports import free_port
 from tests.peers.sipp import caller_call
 
@@ -46,6 +50,18 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 FRAMES = 16
 BURST, PER_SECOND = 10, 0.5  # ChatLimits' defaults, what `cti serve` runs with
+
+
+async def chat_conversations(db_url: str, count: int) -> list[int]:
+    """Web chat conversations queued in support, written to the shared database."""
+    services = Services(Settings(db_url=db_url, secret_key=SECRET))
+    await services.start()
+    try:
+        customer = await services.customers.create("Клиент чата", [])
+        return [(await services.conversations.open("chat", customer.id, queue="support"))[0].id
+                for _ in range(count)]
+    finally:
+        await services.stop()
 
 
 @pytest.fixture
@@ -147,10 +163,12 @@ async def test_same_behaviour_on_both_nodes(
         await phone.close()
 
     # -- one chat link open on both nodes: one rate limit ------------------------
-    conv = await sms_conversation(db_url, "+79160000011", "Хочу написать в чат")
-    token = ChatTokenSigner(SECRET, 3600).issue(conv)
+    conv, other = await chat_conversations(db_url, 2)
+    signer = ChatTokenSigner(SECRET, 3600)
+    token = signer.issue(conv)
     chat_a = await http_a.ws_connect(f"/api/v1/chat/{token}/ws")
     chat_b = await http_b.ws_connect(f"/api/v1/chat/{token}/ws")
+    only_b = await http_b.ws_connect(f"/api/v1/chat/{signer.issue(other)}/ws")
     passed: list[str] = []
     rejected = 0
     seen_on_b: list[dict[str, Any]] = []
@@ -182,11 +200,25 @@ async def test_same_behaviour_on_both_nodes(
                    for d in seen_on_b):
             await frame(chat_b, lambda d: d.get("type") == "message"
                         and d["message"]["text"] == last_a)
+        # A window open on B only; the agent takes the chat and replies through A.
+        await frame(only_b, lambda d: d.get("type") == "snapshot")
+        status, body = await node_a.call("POST", f"/api/v1/conversations/{other}/take",
+                                         agent1_a)
+        assert status == 200, body
+        await frame(only_b, lambda d: d.get("type") == "status"
+                    and d["conversation"]["agent"] == "agent1")
+        status, body = await node_a.call("POST", f"/api/v1/conversations/{other}/messages",
+                                         agent1_a, {"text": "Ответ <b>агента</b>"})
+        assert status == 201 and body["status"] == "delivered", body  # "stored" if unseen
+        reply = await frame(only_b, lambda d: d.get("type") == "message")
+        assert reply["message"]["from"] == "agent"
+        assert reply["message"]["text"] == "Ответ <b>агента</b>"
         health = (await node_b.health())["links"]["webchat"]
         assert health["rate_limits"] == "shared" and health["up"], health
     finally:
         await chat_a.close()
         await chat_b.close()
+        await only_b.close()
 
     # -- a caller waits in sales: the same board on both nodes -------------------
     board = await http_b.ws_connect("/api/v1/events", params={"token": admin_b})

@@ -198,12 +198,11 @@ class _Slot:
         self.gateway = self._make(self.outbox)
         self._channel.current(self)
         self.known.clear()
+        # Loads the queued rows (``unfinished``: remembered in ``known``) and MO parts.
+        # A reply stored meanwhile is not queued by the client (not running yet): the
+        # pick-up queues it unless ``unfinished`` already returned it.
+        await self.gateway.start()
         self.running = True
-        try:
-            await self.gateway.start()  # loads the queued rows (unfinished) and MO parts
-        except BaseException:
-            self.running = False
-            raise
         self._channel.held_changed()
 
     async def stop(self) -> None:

@@ -3,15 +3,22 @@
     .venv/bin/python -m bench.timeline [--rows 10000000] [--customers 1000000] [--queries 2000]
 
 Calls ``cti.history.timeline`` (exactly what ``GET /api/v1/customers/{id}/history``
-runs: merged family + keyset page, through the ORM) for random customers on
-SQLite (WAL, temp file) and PostgreSQL 15 (throwaway cluster). Rows are
+runs: merged family + keyset page, Core selects; on SQLite one hop to the
+reader thread) for random customers on SQLite (WAL, temp file) and PostgreSQL
+15 (throwaway cluster). Rows are
 generated inside the database (SQLite recursive CTE, PostgreSQL
 generate_series: no Python loop, the fastest way to make 10M rows), indexes
 built after the load as a restore would: 90% of the rows spread uniformly over
 all customers (~9 each), 10% on 100 heavy customers (~10k each at 10M).
-Latency p50/p95/p99/max over a 90/10 mix of ordinary and heavy customers.
-Baseline, same run: page 100 of a heavy customer by OFFSET (what a naive API
-does) against the same page by the keyset cursor the API uses.
+Latency p50/p95/p99/max over a 90/10 mix of ordinary customers (each picked
+once: cold, its index pages not touched before) and heavy ones (100 ids picked
+again and again: hot), overall and per class.
+Baselines, same run, same mix, rounds interleaved with the API path:
+  * the previous implementation (ORM select of HistoryEvent objects through an
+    AsyncSession, OR-expanded keyset, aiosqlite hops), as ``timeline_orm``;
+  * page 100 of a heavy customer by OFFSET (what a naive API does) against
+    the same page by the keyset cursor the API uses.
+The query plan of the page query is printed for each database.
 Target: p99 <= 5 ms on both databases.
 """
 
@@ -24,19 +31,48 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import and_, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bench.pg_cluster import pg_cluster
 from cti.db import create_engine, migrate, sessionmaker
-from cti.history import encode_cursor, timeline
+from cti.history import decode_cursor, encode_cursor, merged_family, page_query, timeline
 from cti.models import HistoryEvent
 
 HEAVY = 100
 PAGE = 50
 DEEP_PAGE = 100
+ROUNDS = 4
+
+
+async def timeline_orm(
+    sessions: async_sessionmaker[AsyncSession],
+    customer_id: int,
+    *,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[list[HistoryEvent], str | None]:
+    """The previous cti.history.timeline, kept verbatim as the baseline."""
+    async with sessions() as session:
+        family = await merged_family(session, customer_id)
+        query = select(HistoryEvent).where(HistoryEvent.customer_id.in_(family))
+        if cursor:
+            at, last_id = decode_cursor(cursor)
+            query = query.where(
+                or_(
+                    HistoryEvent.occurred_at < at,
+                    and_(HistoryEvent.occurred_at == at, HistoryEvent.id < last_id),
+                )
+            )
+        query = query.order_by(HistoryEvent.occurred_at.desc(), HistoryEvent.id.desc())
+        rows = list(await session.scalars(query.limit(limit + 1)))
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
 
 INDEXES = (
     ("ix_history_timeline", "history_events (customer_id, occurred_at, id)"),
@@ -153,34 +189,86 @@ def line(name: str, ms: list[float]) -> str:
     )
 
 
+async def explain(name: str, engine: AsyncEngine) -> None:
+    """Print the plan of the API's page query for a heavy customer, page 2."""
+    async with engine.connect() as conn:
+        newest = (
+            await conn.execute(
+                text(
+                    "SELECT occurred_at, id FROM history_events WHERE customer_id = 1 "
+                    "ORDER BY occurred_at DESC, id DESC LIMIT 1 OFFSET 49"
+                )
+            )
+        ).first()
+        assert newest is not None
+        at = newest[0] if isinstance(newest[0], datetime) else datetime.fromisoformat(newest[0])
+        query = page_query([1], PAGE + 1, (at.replace(tzinfo=UTC), int(newest[1])))
+        sql = str(query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+        prefix = "EXPLAIN QUERY PLAN " if name == "sqlite" else "EXPLAIN (ANALYZE, COSTS OFF) "
+        plan = (await conn.exec_driver_sql(prefix + sql)).all()
+    print(f"{name} plan of the page query (keyset, one customer):")
+    for row in plan:
+        print("    " + str(row[-1]))
+
+
 async def measure(
-    name: str, sessions: async_sessionmaker[AsyncSession], customers: int, queries: int
+    name: str,
+    engine: AsyncEngine,
+    sessions: async_sessionmaker[AsyncSession],
+    customers: int,
+    queries: int,
 ) -> float:
     rng = random.Random(3)
-    picks = [
-        rng.randint(1, HEAVY) if rng.random() < 0.1 else rng.randint(1, customers)
-        for _ in range(queries)
-    ]
-    it = iter(picks * 2)
-    seen: list[int] = []
+    heavy_n = queries // 10
+    # Ordinary customers are drawn without replacement: each is queried once by
+    # each implementation, on disjoint sets, so both see it cold.
+    ordinary = rng.sample(range(HEAVY + 1, customers + 1), 2 * (queries - heavy_n) + 400)
+    warm = ordinary[-400:]
 
-    async def one() -> None:
-        events, _ = await timeline(sessions, next(it), limit=PAGE)
-        seen.append(len(events))
+    def picks(pool: list[int]) -> list[tuple[str, int]]:
+        out = [("cold", c) for c in pool] + [("hot", rng.randint(1, HEAVY)) for _ in range(heavy_n)]
+        rng.shuffle(out)
+        return out
 
-    await timed(one, min(200, queries))  # warm-up: pool, statement cache, OS cache
-    seen.clear()
-    lat = await timed(one, queries)
+    half = queries - heavy_n
+    sets = {"api": picks(ordinary[:half]), "orm": picks(ordinary[half : 2 * half])}
+    impls: dict[str, Callable[[int], Awaitable[tuple[list[Any], str | None]]]] = {
+        "api": lambda cid: timeline(sessions, cid, limit=PAGE),
+        "orm": lambda cid: timeline_orm(sessions, cid, limit=PAGE),
+    }
+    for cid in warm[:200]:  # warm-up: pool, statement cache, reader thread
+        await impls["api"](cid)
+    for cid in warm[200:]:
+        await impls["orm"](cid)
+    lat: dict[str, list[tuple[str, float]]] = {"api": [], "orm": []}
+    sizes: list[int] = []
+    step = -(-queries // ROUNDS)
+    for r in range(ROUNDS):
+        order = ("api", "orm") if r % 2 == 0 else ("orm", "api")
+        for impl in order:
+            for cls, cid in sets[impl][r * step : (r + 1) * step]:
+                t0 = time.perf_counter()
+                events, _ = await impls[impl](cid)
+                lat[impl].append((cls, (time.perf_counter() - t0) * 1000))
+                if impl == "api":
+                    sizes.append(len(events))
+    label = {"api": "timeline (API)     ", "orm": "ORM baseline (old) "}
+    for impl in ("api", "orm"):
+        every = [ms for _, ms in lat[impl]]
+        print(line(f"{name:10s} {label[impl]} all ", every), flush=True)
+        for cls in ("cold", "hot"):
+            print(line(f"{name:10s} {label[impl]} {cls}", [ms for c, ms in lat[impl] if c == cls]))
+    api_all = [ms for _, ms in lat["api"]]
+    orm_all = [ms for _, ms in lat["orm"]]
     print(
-        line(f"{name:10s} timeline latest {PAGE}", lat)
-        + f"  (avg {sum(seen) / len(seen):.1f} events/page)",
-        flush=True,
+        f"{name:10s} old/new ratio: p50 x{pct(orm_all, 50) / pct(api_all, 50):.1f}  "
+        f"p99 x{pct(orm_all, 99) / pct(api_all, 99):.1f}  "
+        f"(avg {sum(sizes) / len(sizes):.1f} events/page)"
     )
 
     # Baseline: a deep page of a heavy customer, OFFSET vs keyset cursor.
-    heavy_ids = list(range(1, HEAVY + 1))
     cursors: dict[int, str] = {}
-    for cid in heavy_ids[:20]:
+    for cid in range(1, 21):
         async with sessions() as session:
             rows = (
                 (
@@ -225,7 +313,8 @@ async def measure(
             line(f"{name:10s} page {DEEP_PAGE} OFFSET baseline", o)
             + f"  ratio p50 x{pct(o, 50) / pct(k, 50):.1f}"
         )
-    return pct(lat, 99)
+    await explain(name, engine)
+    return pct(api_all, 99)
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -243,7 +332,7 @@ async def main_async(args: argparse.Namespace) -> int:
         )
         engine = create_engine(f"sqlite+aiosqlite:///{path}")
         results["sqlite"] = await measure(
-            "sqlite", sessionmaker(engine), args.customers, args.queries
+            "sqlite", engine, sessionmaker(engine), args.customers, args.queries
         )
         await engine.dispose()
     with pg_cluster("shared_buffers=512MB", "max_wal_size=8GB") as url:
@@ -252,7 +341,7 @@ async def main_async(args: argparse.Namespace) -> int:
         took = await fill_pg(engine, args.rows, args.customers)
         print(f"postgresql: {args.rows:,} rows loaded and indexed in {took:.0f} s", flush=True)
         results["postgresql"] = await measure(
-            "postgresql", sessionmaker(engine), args.customers, args.queries
+            "postgresql", engine, sessionmaker(engine), args.customers, args.queries
         )
         await engine.dispose()
     print(

@@ -11,7 +11,7 @@ from cti.auth import Principal, Role
 from cti.conversations import conversation_json
 from cti.customers import ContactInput
 from cti.errors import Forbidden, InvalidInput, Unauthorized
-from cti.history import event_json, timeline
+from cti.history import event_json, parse_instant, timeline
 from cti.keys import SERVICES
 from cti.models import Conversation
 from cti.openapi import OPENAPI
@@ -138,7 +138,11 @@ async def customer_history(request: web.Request) -> web.Response:
     cursor = request.query.get("cursor")
     if cursor is not None and len(cursor) > 200:
         raise InvalidInput("the cursor is not valid", field="cursor")
-    events, next_cursor = await timeline(svc.sessions, customer.id, limit=limit, cursor=cursor)
+    raw_before = request.query.get("before")
+    before = None if raw_before is None else parse_instant(raw_before, "before")
+    events, next_cursor = await timeline(
+        svc.sessions, customer.id, limit=limit, cursor=cursor, before=before
+    )
     return web.json_response(
         {"events": [event_json(e) for e in events], "next_cursor": next_cursor}
     )

@@ -196,17 +196,18 @@ class _Slot:
 
     async def start(self) -> None:
         self.gateway = self._make(self.outbox)
-        self._channel.current(self)
         self.known.clear()
         # Loads the queued rows (``unfinished``: remembered in ``known``) and MO parts.
         # A reply stored meanwhile is not queued by the client (not running yet): the
         # pick-up queues it unless ``unfinished`` already returned it.
         await self.gateway.start()
         self.running = True
+        self._channel.current(self)
         self._channel.held_changed()
 
     async def stop(self) -> None:
         self.running = False
+        self._channel.forget(self)
         self._channel.held_changed()
         await self.gateway.stop()
         self.known.clear()
@@ -244,7 +245,8 @@ class SmsChannel:
         self._services = services
         self._duties = duties if duties is not None else local_duties()
         self._outbox = DatabaseOutbox(services.sessions)
-        self.clients: dict[str, SmppClient] = {}  # the current client of each link
+        # The clients running here (metrics read them: a link is exported by its holder).
+        self.clients: dict[str, SmppClient] = {}
         self.modems: dict[str, ModemGateway] = {}
         self._slots: dict[str, _Slot] = {}
         for config in configs:
@@ -252,8 +254,6 @@ class SmsChannel:
         for mconfig in modems or []:
             self._slots[mconfig.name] = _Slot(self, mconfig.name, "modem",
                                               self._modem_maker(mconfig))
-        for slot in self._slots.values():
-            self.current(slot)
         routes = [
             Route(r.gateway, r.prefixes, r.senders) for r in services.settings.sms_routes
         ] or [Route(name) for name in self._slots]
@@ -289,6 +289,10 @@ class SmsChannel:
             self.clients[slot.name] = slot.gateway
         else:
             self.modems[slot.name] = slot.gateway
+
+    def forget(self, slot: _Slot) -> None:
+        self.clients.pop(slot.name, None)
+        self.modems.pop(slot.name, None)
 
     def holder(self, duty: str) -> str | None:
         return self._duties.holder(duty)

@@ -17,12 +17,14 @@ import itertools
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 from sqlalchemy import select
 
+from cti.cluster.duties import Duties
 from cti.config import Settings
 from cti.links.pbx import ami_url
 from cti.models import Conversation, HistoryEvent
@@ -120,6 +122,47 @@ async def sms_conversation_of(db_url: str, number: str) -> int | None:
             return conv_id
     finally:
         await services.stop()
+
+
+async def test_duties_run_once_hand_over_and_follow_eligibility(redis_url: str) -> None:
+    """In-process, on a real Redis: one runner per duty, a graceful stop hands it over at
+    the next tick, a node that is not eligible never takes it but names the holder."""
+    client = aioredis.from_url(redis_url.rsplit("/", 1)[0] + "/12", socket_timeout=2)
+    await client.flushdb()
+    runs: list[str] = []
+
+    def step(what: str) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            runs.append(what)
+
+        return run
+
+    a = Duties("A", client, ttl=1.0, renew_every=0.1)
+    b = Duties("B", client, ttl=1.0, renew_every=0.1)
+    eligible = {"B": False}
+    try:
+        await a.add("job", step("A+"), step("A-"))
+        await until("A running the duty", lambda: _true(a.held("job")), within=10)
+        await b.add("job", step("B+"), step("B-"), eligible=lambda: eligible["B"])
+        await until("B naming the holder", lambda: _true(b.holder("job") == "A"), within=10)
+        assert not b.held("job") and b.state()["job"]["detail"] == "not eligible on this node"
+        await a.remove("job")  # graceful: released, but B may not take it
+        assert runs == ["A+", "A-"] and a.holder("job") is None
+        eligible["B"] = True
+        await until("B taking the free duty", lambda: _true(b.held("job")), within=10)
+        assert runs == ["A+", "A-", "B+"] and b.state()["job"]["token"] == 2
+        eligible["B"] = False  # e.g. its AMI link went to another node: B lets go
+        await until("B releasing the duty", lambda: _true(not b.held("job")), within=10)
+        assert runs == ["A+", "A-", "B+", "B-"]
+        assert await client.get("cti:lease:job") is None
+    finally:
+        await a.close()
+        await b.close()
+        await client.aclose()
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def test_one_owner_per_duty_and_failover(

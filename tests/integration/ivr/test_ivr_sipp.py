@@ -48,8 +48,10 @@ async def test_sip_caller_chooses_language_and_skill_and_reaches_the_queue(
 
 async def test_sip_caller_hangs_up_mid_prompt(lab: IvrLab, sipp_caller: SippFactory) -> None:
     hangups_before = lab.server.counters.hangups
+    # 3 s: well inside the language step (five prompts, then a 2 s GET DATA, once
+    # more after a miss), even when a loaded machine starts the AGI session late.
     caller = sipp_caller(number="200", caller_number="+74950000001", caller_name="Caller",
-                         hangup_after=1.0)
+                         hangup_after=3.0)
     choice = await lab.memory.history.wait_for("hangup", WITHIN)
     assert choice.value == "language"
     assert choice.caller_number == "+74950000001"

@@ -19,8 +19,10 @@ async def test_hangup_mid_prompt_is_recorded_where(
     server: Server, sipp_caller: SippFactory
 ) -> None:
     customer_id = await server.customer("Short Caller", CALLER)
+    # 3 s: well inside the language step (five prompts, then a 2 s GET DATA, once
+    # more after a miss), even when a loaded machine starts the AGI session late.
     caller = sipp_caller(number="100", caller_number=CALLER, caller_name="Short Caller",
-                         hangup_after=1.0)
+                         hangup_after=3.0)
 
     async def hangup_recorded() -> bool:
         return any(e["kind"] == "ivr_choice" and e["payload"]["step"] == "hangup"

@@ -26,8 +26,10 @@ async def test_sip_caller_chooses_language_and_skill_and_reaches_the_queue(
     memory = lab.memory
     memory.customers.by_phone[SIP_CALLER] = Customer("cust-sip", "Иван Петров", SIP_CALLER)
     # 2 (Russian) while the language prompts play, 3 (support) during the menu prompts.
+    # 2.5 s after the answer, not 1.5 s: a loaded machine may start the AGI session
+    # late, and a digit before the first prompt is dropped.
     caller = sipp_caller(number="100", caller_number=SIP_CALLER, caller_name="Иван Петров",
-                         steps=[Pause(1.5), Dtmf("2"), Pause(2.5), Dtmf("3")],
+                         steps=[Pause(2.5), Dtmf("2"), Pause(2.5), Dtmf("3")],
                          hangup_after=60.0)
     joined = await lab.ami.wait_event(
         lambda e: e.get("Event") == "QueueCallerJoin" and e.get("Queue") == "support"

@@ -12,7 +12,10 @@ pytestmark = pytest.mark.integration
 
 # Entry order A, B, C; deflection order B, C, A.
 CALLERS = {"A": "+79161110001", "B": "+79161110002", "C": "+79161110003"}
-LANGUAGE_AND_MENU = [Pause(1.5), Dtmf("1"), Pause(2.5), Dtmf("3")]
+# The first digit 2.5 s after the answer: inside the language prompts even when a
+# loaded machine starts the AGI session late (at 1.5 s it could come before the
+# first prompt, be dropped, and the call would go through both retries instead).
+LANGUAGE_AND_MENU = [Pause(2.5), Dtmf("1"), Pause(2.5), Dtmf("3")]
 
 
 async def test_deflected_callers_are_served_in_queue_entry_order(

@@ -220,6 +220,7 @@ class CallbackService:
         self._last_pass = 0.0  # epoch s of the last full pass
         self._retry_at: float | None = None  # monotonic: a skipped agent may be asked again
         self.passes = 0  # full passes made (tests and benchmarks read it)
+        self._last_up: set[str] = set()  # the links up at the last tick
 
     # -- the IVR port --------------------------------------------------------------
 
@@ -408,12 +409,16 @@ class CallbackService:
         now = time.time()
         if self._next_due is None or self._next_due > now:
             return False
+        links = self._up_links()
+        if links.keys() != self._last_up:  # a link came up (or went): look again
+            self._last_up = set(links)
+            self._dirty = True
         became_due = self._next_due > self._last_pass
         retry = self._retry_at is not None and self._retry_at <= mono
         if not (self._dirty or became_due or retry):
             return False
         self._dirty, self._retry_at, self._last_pass = False, None, now
-        await self._serve(self._up_links())
+        await self._serve(links)
         self._due_known = False
         return True
 

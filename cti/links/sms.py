@@ -257,7 +257,6 @@ class SmsChannel:
         routes = [
             Route(r.gateway, r.prefixes, r.senders) for r in services.settings.sms_routes
         ] or [Route(name) for name in self._slots]
-        self._gateways = self._slots
         self._router = SmsRouter(self._slots, routes)
         self._previous: OutboundSender = services.conversations.outbound
         self.failover_after = 30.0

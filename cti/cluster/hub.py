@@ -47,6 +47,7 @@ LIVE_CHANNEL = "cti:live"
 LIVE_REPLY_KEY = "cti:live:reply:{id}"
 LIVE_MAX_AGE = 5.0  # a live message older than this (clock of the sender) is dropped
 LIVE_MAX_MESSAGE = 256 * 1024
+LIVE_POP_STEP = 1.0  # s: one BLPOP's wait, below the client's socket timeout (2 s)
 LiveHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
 
@@ -125,11 +126,16 @@ class ClusterHub(EventHub):
         self._live_handlers[kind] = handler
 
     async def request_live(
-        self, kind: str, body: dict[str, Any], within: float = 1.0
+        self, kind: str, body: dict[str, Any], within: float = 1.0,
+        enough: Callable[[list[dict[str, Any]]], bool] | None = None,
     ) -> list[dict[str, Any]] | None:
         """Send to every other node; the replies gathered within ``within`` s.
 
         ``None`` when Redis cannot be reached (the caller acts on this node alone).
+        ``enough(replies)`` (optional) ends the wait early, e.g. as soon as the
+        one node that can act has answered. Replies are popped in steps of at
+        most ``LIVE_POP_STEP`` s, so ``within`` may exceed the Redis client's
+        socket timeout (click-to-dial waits tens of seconds).
         """
         redis = self._redis
         if redis is None:
@@ -150,13 +156,16 @@ class ClusterHub(EventHub):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                popped: Any = await redis.blpop([reply_key], timeout=max(0.01, left))
+                popped: Any = await redis.blpop([reply_key],
+                                                timeout=max(0.01, min(left, LIVE_POP_STEP)))
                 if popped is None:
-                    break
+                    continue  # this step passed; the deadline ends the wait
                 with contextlib.suppress(ValueError, TypeError):
                     reply = json.loads(popped[1])
                     if isinstance(reply, dict):
                         replies.append(reply)
+                if enough is not None and enough(replies):
+                    break
             await redis.delete(reply_key)
         except (RedisError, OSError) as exc:
             self.live_failures += 1

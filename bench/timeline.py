@@ -35,12 +35,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, or_, select, text
+from sqlalchemy import Select, and_, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bench.pg_cluster import pg_cluster
 from cti.db import create_engine, migrate, sessionmaker
-from cti.history import decode_cursor, encode_cursor, merged_family, page_query, timeline
+from cti.history import (
+    FAMILY_PAGE,
+    StoredEvent,
+    decode_cursor,
+    encode_cursor,
+    merged_family,
+    page_query,
+    sqlite_reader,
+    timeline,
+)
 from cti.models import HistoryEvent
 
 HEAVY = 100
@@ -202,11 +211,16 @@ async def explain(name: str, engine: AsyncEngine) -> None:
         ).first()
         assert newest is not None
         at = newest[0] if isinstance(newest[0], datetime) else datetime.fromisoformat(newest[0])
-        query = page_query([1], PAGE + 1, (at.replace(tzinfo=UTC), int(newest[1])))
+        after = (at.replace(tzinfo=UTC), int(newest[1]))
+        query = page_query([1], PAGE + 1, after)
+        if name == "postgresql":  # the one statement the API runs there
+            query = FAMILY_PAGE[True].params(
+                customer_id=1, limit=PAGE + 1, at=after[0], last_id=after[1]
+            )
         sql = str(query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
         prefix = "EXPLAIN QUERY PLAN " if name == "sqlite" else "EXPLAIN (ANALYZE, COSTS OFF) "
         plan = (await conn.exec_driver_sql(prefix + sql)).all()
-    print(f"{name} plan of the page query (keyset, one customer):")
+    print(f"{name} plan of the API's page query (customer 1, page 2 by keyset cursor):")
     for row in plan:
         print("    " + str(row[-1]))
 
@@ -294,20 +308,35 @@ async def measure(
         await timeline(sessions, cid, limit=PAGE, cursor=cursors[cid])
 
     hit_o = iter(list(cursors) * 50)
+    reader = sqlite_reader(engine)
+
+    def offset_query(cid: int) -> Select[Any]:
+        return (
+            select(*page_query([cid], PAGE, None).selected_columns)
+            .where(HistoryEvent.customer_id == cid)
+            .order_by(HistoryEvent.occurred_at.desc(), HistoryEvent.id.desc())
+            .offset(PAGE * (DEEP_PAGE - 1))
+            .limit(PAGE)
+        )
 
     async def offset() -> None:
-        async with sessions() as session:
-            await session.scalars(
-                HistoryEvent.__table__.select()
-                .where(HistoryEvent.customer_id == next(hit_o))
-                .order_by(HistoryEvent.occurred_at.desc(), HistoryEvent.id.desc())
-                .offset(PAGE * (DEEP_PAGE - 1))
-                .limit(PAGE)
-            )
+        # Same columns, same row objects, same connection path as the API's
+        # read (inline on SQLite): only the SQL differs.
+        query = offset_query(next(hit_o))
+        if reader is not None:
+            with reader.engine.connect() as sync_conn:
+                [StoredEvent(*r) for r in sync_conn.execute(query)]
+            return
+        async with engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            [StoredEvent(*r) for r in await conn.execute(query)]
 
     if cursors:
-        k = await timed(keyset, 200)
-        o = await timed(offset, 200)
+        k: list[float] = []
+        o: list[float] = []
+        for _ in range(20):  # interleaved, 10 pages at a time
+            k += await timed(keyset, 10)
+            o += await timed(offset, 10)
         print(line(f"{name:10s} page {DEEP_PAGE} keyset (API)   ", k))
         print(
             line(f"{name:10s} page {DEEP_PAGE} OFFSET baseline", o)

@@ -52,6 +52,7 @@ from sqlalchemy import (
     tuple_,
     union_all,
 )
+from sqlalchemy import cast as cast_
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -345,7 +346,11 @@ def _family_page(keyset: bool) -> Select[Any]:
     a LATERAL index range scan returns at most ``limit`` rows; the outer
     ORDER BY/LIMIT merges those few rows.
     """
-    start = select(bindparam("customer_id", type_=HISTORY.c.customer_id.type).label("member"))
+    start = select(
+        cast_(
+            bindparam("customer_id", type_=HISTORY.c.customer_id.type), HISTORY.c.customer_id.type
+        ).label("member")
+    )
     family = start.cte("family", recursive=True)
     family = family.union(
         select(CUSTOMERS.c.id).where(CUSTOMERS.c.merged_into_id == family.c.member)
@@ -364,7 +369,7 @@ def _family_page(keyset: bool) -> Select[Any]:
 
 
 _PAGE = {False: _single_page(False), True: _single_page(True)}
-_FAMILY_PAGE = {False: _family_page(False), True: _family_page(True)}
+FAMILY_PAGE = {False: _family_page(False), True: _family_page(True)}
 _CHILDREN = select(CUSTOMERS.c.id).where(CUSTOMERS.c.merged_into_id == bindparam("parent"))
 
 
@@ -504,7 +509,7 @@ async def read_timeline(
         await conn.execution_options(isolation_level="AUTOCOMMIT")
         if engine.dialect.name == "postgresql":
             result = await conn.execute(
-                _FAMILY_PAGE[after is not None], _params(customer_id, limit, after)
+                FAMILY_PAGE[after is not None], _params(customer_id, limit, after)
             )
             return [StoredEvent(*row) for row in result]
         return await conn.run_sync(read_page, customer_id, limit, after)

@@ -123,6 +123,18 @@ async def test_call_control_through_the_node_without_the_link(
 
         await until("B showing agent2 available", unpaused_on_b, 20)
         assert await status_on(node_b) == await status_on(node_a)
+        # Figures, not assertions: an (idempotent) unpause through A (local) vs B (forwarded).
+        took: dict[str, list[float]] = {"A": [], "B": []}
+        for _ in range(5):
+            for node in (node_a, node_b):
+                started = time.perf_counter()
+                status, body = await node.call("POST", "/api/v1/agents/me/pause", agent2,
+                                               {"paused": False, "queue": "support"})
+                took[node.name].append(time.perf_counter() - started)
+                assert status == 200, body
+        med = {name: sorted(v)[2] * 1000 for name, v in took.items()}
+        print(f"unpause POST -> 200: via A (holder) {med['A']:.1f} ms, via B (forwarded) "
+              f"{med['B']:.1f} ms (median of 5; ratio {med['B'] / med['A']:.1f})")
     finally:
         lab_pbx.cli("queue unpause member PJSIP/agent2")
 
@@ -163,9 +175,9 @@ async def test_call_control_through_the_node_without_the_link(
         started = time.monotonic()
         status, body = await node_b.call("POST", "/api/v1/agents/me/pause", agent2,
                                          {"paused": True})
-        took = time.monotonic() - started
+        elapsed = time.monotonic() - started
         assert status == 503 and body["error"]["code"] == "pbx_unavailable", body
         assert "Redis" in body["error"]["message"], body
-        print(f"pause on B with Redis stopped: 503 in {took * 1000:.0f} ms")  # a figure
+        print(f"pause on B with Redis stopped: 503 in {elapsed * 1000:.0f} ms")  # a figure
     finally:
         await asyncio.to_thread(own_redis.start)  # the nodes then stop at once

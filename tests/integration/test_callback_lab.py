@@ -26,12 +26,12 @@ from cti.auth import Role
 from cti.callbacks import CALLBACKS, CallbackService, setup_callbacks
 from cti.config import AmiServer, BootstrapAdmin, HostPort, Settings
 from cti.customers import ContactInput
-from cti.history import timeline
+from cti.history import StoredEvent, timeline
 from cti.keys import SERVICES
 from cti.lab import LabPbx
 from cti.links.ivr import IVR_SERVER
 from cti.links.pbx import PBX_LINKS, setup_pbx_links
-from cti.models import CallbackBookingRow, HistoryEvent
+from cti.models import CallbackBookingRow
 from cti.serve import build_app
 from cti.services import Services
 from ivr.ports import CallbackRequest
@@ -81,7 +81,7 @@ class Lab:
                             f"not {status}, after {within:g} s")
             await asyncio.sleep(0.2)
 
-    async def history(self, kind: str) -> list[HistoryEvent]:
+    async def history(self, kind: str) -> list[StoredEvent]:
         await self.services.history.flush()
         events, _ = await timeline(self.services.sessions, self.customer_id, limit=200)
         return [e for e in events if e.kind == kind]

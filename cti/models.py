@@ -8,6 +8,7 @@ pointer, so an undo never has to move millions of history rows back.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -25,7 +27,10 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from cti.reports.columns import report_value
 
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -126,6 +131,16 @@ class Conversation(Base):
     closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
+def _from_payload(column: str) -> Callable[[DefaultExecutionContext], float | None]:
+    """A context-sensitive default: every Core or ORM insert fills the column."""
+
+    def fill(context: DefaultExecutionContext) -> float | None:
+        params: dict[str, Any] = context.get_current_parameters()  # type: ignore[no-untyped-call]
+        return report_value(column, params)
+
+    return fill
+
+
 class HistoryEvent(Base):
     __tablename__ = "history_events"
     __table_args__ = (
@@ -140,6 +155,11 @@ class HistoryEvent(Base):
     occurred_at: Mapped[datetime] = mapped_column(UtcDateTime)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     dedup_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    # What the reports aggregate, copied from the payload on insert (cti/reports/columns.py).
+    wait_s: Mapped[float | None] = mapped_column(Float, default=_from_payload("wait_s"))
+    talk_s: Mapped[float | None] = mapped_column(Float, default=_from_payload("talk_s"))
+    hold_s: Mapped[float | None] = mapped_column(Float, default=_from_payload("hold_s"))
+    ring_s: Mapped[float | None] = mapped_column(Float, default=_from_payload("ring_s"))
 
 
 class CustomerMerge(Base):

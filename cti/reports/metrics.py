@@ -36,7 +36,7 @@ from sqlalchemy.sql.expression import ColumnElement
 from cti.models import Agent, Conversation, HistoryEvent
 from cti.reports import kinds as K
 from cti.reports.period import Period
-from cti.reports.sql import epoch, floor_int
+from cti.reports.sql import bucket, epoch
 
 BUCKET = 900  # seconds; see the theory of operation
 NONE_LABEL = "(none)"
@@ -88,11 +88,6 @@ class Measure:
 h = HistoryEvent.__table__
 conv = Conversation.__table__
 agents = Agent.__table__
-
-
-def _num(key: str) -> ColumnElement[Any]:
-    value: ColumnElement[Any] = h.c.payload[key].as_float()
-    return value
 
 
 def _is(kinds: Sequence[str]) -> ColumnElement[bool]:
@@ -150,15 +145,15 @@ async def _grouped(
         key = keys[group]
     else:
         key = literal("")
-    bucket: ColumnElement[Any] = (
-        floor_int(facts.c.start / BUCKET) if group in ("day", "hour") else literal(0)
+    slot: ColumnElement[Any] = (
+        bucket(facts.c.queued_at, BUCKET) if group in ("day", "hour") else literal(0)
     )
     agg = [
         (func.max(m.expr) if m.op == "max" else func.sum(m.expr)).label(m.name) for m in measures
     ]
-    query = select(key.label("k"), bucket.label("b"), *agg).select_from(source)
+    query = select(key.label("k"), slot.label("b"), *agg).select_from(source)
     if group == "tag" or group in keys or group in ("day", "hour"):
-        query = query.group_by(key, bucket)
+        query = query.group_by(key, slot)
     async with engine.connect() as db:
         raw = (await db.execute(query)).all()
         if group == "tag":
@@ -238,17 +233,17 @@ def voice_facts(period: Period, options: ReportOptions) -> Any:
             h.c.conversation_id.label("cid"),
             _flag([K.CALL_QUEUED]).label("queued"),
             _flag([K.CALL_ANSWERED]).label("answered"),
-            func.max(_when([K.CALL_ANSWERED], _num("wait"))).label("answer_wait"),
+            func.max(_when([K.CALL_ANSWERED], h.c.wait_s)).label("answer_wait"),
             _flag([K.CALL_ABANDONED]).label("left_queue"),
-            func.max(_when([K.CALL_ABANDONED], _num("wait"))).label("abandon_wait"),
+            func.max(_when([K.CALL_ABANDONED], h.c.wait_s)).label("abandon_wait"),
             _flag([K.CALL_DEFLECTED]).label("deflected_event"),
             _flag([K.CALLBACK_BOOKED]).label("callback_booked"),
             _flag([K.CALLBACK_CONNECTED]).label("called_back"),
-            func.max(_when([K.CALL_ENDED], _num("talk"))).label("talk"),
-            func.max(_when([K.CALL_ENDED], _num("hold"))).label("hold"),
-            func.max(_when([K.CALL_ENDED], _num("wait"))).label("end_wait"),
-            func.max(_when([K.CALL_ENDED], epoch(h.c.occurred_at))).label("ended_at"),
-            func.max(_when([K.CLOSED], epoch(h.c.occurred_at))).label("closed_at"),
+            func.max(_when([K.CALL_ENDED], h.c.talk_s)).label("talk"),
+            func.max(_when([K.CALL_ENDED], h.c.hold_s)).label("hold"),
+            func.max(_when([K.CALL_ENDED], h.c.wait_s)).label("end_wait"),
+            func.max(_when([K.CALL_ENDED], h.c.occurred_at)).label("ended_at"),
+            func.max(_when([K.CLOSED], h.c.occurred_at)).label("closed_at"),
         )
         .where(
             _events_in(period, options),
@@ -292,10 +287,11 @@ def voice_facts(period: Period, options: ReportOptions) -> Any:
     )
     called_back = or_(p.called_back == 1, conv.c.id.in_(called_back_ids))
     answered = p.answered == 1
+    # Times are folded raw (max of a timestamp) and turned into seconds once per call.
     wrap = case(
         (
             and_(answered, p.closed_at.is_not(None), p.ended_at.is_not(None)),
-            case((p.closed_at > p.ended_at, p.closed_at - p.ended_at), else_=0.0),
+            case((p.closed_at > p.ended_at, epoch(p.closed_at) - epoch(p.ended_at)), else_=0.0),
         ),
         else_=0.0,
     )
@@ -309,7 +305,7 @@ def voice_facts(period: Period, options: ReportOptions) -> Any:
             conv.c.queue.label("queue"),
             agents.c.login.label("agent"),
             conv.c.channel.label("channel"),
-            epoch(conv.c.queued_at).label("start"),
+            conv.c.queued_at.label("queued_at"),
             p.queued.label("offered"),
             on_answered.label("answered"),
             case((abandoned, 1), else_=0).label("abandoned"),
@@ -336,7 +332,8 @@ def voice_facts(period: Period, options: ReportOptions) -> Any:
             conv.c.queued_at >= period.start,
             conv.c.queued_at < period.end,
         )
-        .subquery("voice_facts")
+        .cte("voice_facts")
+        .prefix_with("MATERIALIZED", dialect="sqlite")
     )
 
 
@@ -395,15 +392,14 @@ async def voice_report(engine: AsyncEngine, period: Period, options: ReportOptio
 
 
 def text_facts(period: Period, options: ReportOptions) -> Any:
-    when_in = _when(K.INBOUND_TEXT, epoch(h.c.occurred_at))
     per_conv = (
         select(
             h.c.conversation_id.label("cid"),
-            func.min(when_in).label("first_in"),
-            func.min(_when(K.OUTBOUND_TEXT, epoch(h.c.occurred_at))).label("first_out"),
+            func.min(_when(K.INBOUND_TEXT, h.c.occurred_at)).label("first_in"),
+            func.min(_when(K.OUTBOUND_TEXT, h.c.occurred_at)).label("first_out"),
             func.sum(case((h.c.kind.in_(K.INBOUND_TEXT), 1), else_=0)).label("msgs_in"),
             func.sum(case((h.c.kind.in_(K.OUTBOUND_TEXT), 1), else_=0)).label("msgs_out"),
-            func.max(_when([K.CLOSED], epoch(h.c.occurred_at))).label("closed_at"),
+            func.max(_when([K.CLOSED], h.c.occurred_at)).label("closed_at"),
         )
         .where(
             _events_in(period, options),
@@ -420,7 +416,7 @@ def text_facts(period: Period, options: ReportOptions) -> Any:
         else_=null(),
     )
     responded = and_(p.first_in.is_not(None), p.first_out.is_not(None), p.first_out >= p.first_in)
-    frt = case((responded, p.first_out - p.first_in), else_=null())
+    frt = case((responded, epoch(p.first_out) - epoch(p.first_in)), else_=null())
     start = epoch(conv.c.queued_at)
     resolved = p.closed_at.is_not(None)
     return (
@@ -429,14 +425,14 @@ def text_facts(period: Period, options: ReportOptions) -> Any:
             conv.c.queue.label("queue"),
             agents.c.login.label("agent"),
             conv.c.channel.label("channel"),
-            start.label("start"),
+            conv.c.queued_at.label("queued_at"),
             case((responded, 1), else_=0).label("responded"),
             func.coalesce(frt, 0.0).label("frt"),
             frt.label("frt_or_null"),
             case((and_(responded, frt <= threshold), 1), else_=0).label("in_sla"),
             case((p.first_in.is_not(None), 1), else_=0).label("customer_wrote"),
             case((resolved, 1), else_=0).label("resolved"),
-            case((resolved, p.closed_at - start), else_=0.0).label("resolution"),
+            case((resolved, epoch(p.closed_at) - start), else_=0.0).label("resolution"),
             (p.msgs_in + p.msgs_out).label("messages"),
             p.msgs_in.label("messages_in"),
         )
@@ -448,7 +444,8 @@ def text_facts(period: Period, options: ReportOptions) -> Any:
             conv.c.queued_at >= period.start,
             conv.c.queued_at < period.end,
         )
-        .subquery("text_facts")
+        .cte("text_facts")
+        .prefix_with("MATERIALIZED", dialect="sqlite")
     )
 
 
@@ -550,7 +547,7 @@ def _plain_contacts(period: Period) -> Any:
             conv.c.queue.label("queue"),
             agents.c.login.label("agent"),
             conv.c.channel.label("channel"),
-            epoch(conv.c.queued_at).label("start"),
+            conv.c.queued_at.label("queued_at"),
         )
         .select_from(conv)
         .outerjoin(agents, agents.c.id == conv.c.owner_id)

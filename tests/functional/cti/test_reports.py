@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -616,3 +617,89 @@ def test_report_options_from_the_config_file(tmp_path: Path) -> None:
     assert (options.fcr_days, options.first_response_sla["sms"]) == (7, 600.0)
     env = options_from(load_settings(None, environ={"CTI_FCR_DAYS": "5"}))
     assert (env.fcr_days, env.service_level) == (5, 20.0)
+
+
+REPORT_PAYLOADS: list[dict[str, Any]] = [
+    {"wait": 12.25, "talk": 300, "hold": 0, "ring": 2.5},
+    {"wait": None, "talk": "30", "hold": True},  # not numbers: NULL
+    {"text": "Когда заканчивается акция?"},
+    {"wait": 1e-3, "talk": -4, "queue": "sales"},
+    {},
+]
+
+
+async def test_report_columns_backfilled_and_filled_on_insert(db_url: str) -> None:
+    """Migration 0007 backfills the columns in SQL with the same rule every insert applies
+    in Python (the model's defaults): Core executemany (the history writer) and the ORM."""
+    from alembic import command
+    from sqlalchemy import Connection, insert, select, text
+
+    from cti.db import alembic_config, create_engine, migrate, sessionmaker
+    from cti.models import HistoryEvent
+    from cti.reports.columns import REPORT_COLUMNS, report_values
+
+    engine = create_engine(db_url)
+    json_param = "CAST(:p AS JSON)" if engine.dialect.name == "postgresql" else ":p"
+
+    def before_0007(conn: Connection) -> None:
+        command.upgrade(alembic_config(conn), "0006_cluster")
+
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(before_0007)
+            await conn.execute(
+                text(
+                    "INSERT INTO customers (id, name, tags, notes, custom, provisional, "
+                    "created_at, updated_at) VALUES (1, '', '[]', '', '{}', false, :t, :t)"
+                ),
+                {"t": T0.replace(tzinfo=None)},
+            )
+            for payload in REPORT_PAYLOADS:
+                await conn.execute(
+                    text(
+                        "INSERT INTO history_events (customer_id, kind, channel, "
+                        f"occurred_at, payload) VALUES (1, 'call_ended', 'voice', :t, "
+                        f"{json_param})"
+                    ),
+                    {"t": T0.replace(tzinfo=None), "p": json.dumps(payload)},
+                )
+        await migrate(engine)
+        n = len(REPORT_PAYLOADS)
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(HistoryEvent),
+                [
+                    {
+                        "customer_id": 1,
+                        "kind": "call_ended",
+                        "channel": "voice",
+                        "occurred_at": T0,
+                        "payload": payload,
+                    }
+                    for payload in REPORT_PAYLOADS
+                ],
+            )
+        async with sessionmaker(engine)() as session, session.begin():
+            session.add_all(
+                HistoryEvent(
+                    customer_id=1, kind="closed", channel="voice", occurred_at=T0, payload=p
+                )
+                for p in REPORT_PAYLOADS
+            )
+        columns = [HistoryEvent.__table__.c[name] for name in REPORT_COLUMNS]
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(select(HistoryEvent.id, *columns).order_by(HistoryEvent.id))
+            ).all()
+        assert len(rows) == 3 * n
+        for i, row in enumerate(rows):
+            expected = report_values(REPORT_PAYLOADS[i % n])
+            assert dict(zip(REPORT_COLUMNS, row[1:], strict=True)) == expected, (i, row)
+        assert dict(zip(REPORT_COLUMNS, rows[0][1:], strict=True)) == {
+            "wait_s": 12.25,
+            "talk_s": 300.0,
+            "hold_s": 0.0,
+            "ring_s": 2.5,
+        }
+    finally:
+        await engine.dispose()

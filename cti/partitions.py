@@ -65,7 +65,7 @@ LOCK_KEY = 0x6374697061727473
 _NAME = re.compile(rf"^{TABLE}_p(\d{{4}})(\d{{2}})$")
 
 DEDUP_DDL = (
-    f"CREATE TABLE IF NOT EXISTS {DEDUP_TABLE} (dedup_key varchar(200) PRIMARY KEY)",
+    f"CREATE TABLE IF NOT EXISTS {DEDUP_TABLE} (dedup_key varchar(200) COLLATE \"C\" PRIMARY KEY)",
     f"""CREATE OR REPLACE FUNCTION {DEDUP_TABLE}_claim() RETURNS trigger
     LANGUAGE plpgsql AS $$
     BEGIN
@@ -518,25 +518,29 @@ async def apply_retention(
 def partitions_ctx(
     engine_of: Callable[[], AsyncEngine], *, every: float = MAINTENANCE_EVERY
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def run_daily(engine: AsyncEngine) -> None:
+    async def maintain(engine: AsyncEngine) -> float:
+        """One check; returns the pause before the next."""
+        try:
+            created = await ensure_partitions(engine)
+        except (DBAPIError, OSError) as exc:  # a lock timeout, the database away
+            log.warning("history partition maintenance failed, retrying: %s", exc)
+            return min(every, RETRY_AFTER)
+        if created:
+            log.info("history partitions created: %s", ", ".join(created))
+        return every
+
+    async def run_daily(engine: AsyncEngine, pause: float) -> None:
         while True:
-            try:
-                created = await ensure_partitions(engine)
-                if created:
-                    log.info("history partitions created: %s", ", ".join(created))
-                pause = every
-            except (DBAPIError, OSError) as exc:
-                log.warning("history partition maintenance failed, retrying: %s", exc)
-                pause = min(every, RETRY_AFTER)
             await asyncio.sleep(pause)
+            pause = await maintain(engine)
 
     async def ctx(_app: web.Application) -> AsyncIterator[None]:
         engine = engine_of()
         if engine.dialect.name != "postgresql":
             yield
             return
-        await ensure_partitions(engine)  # at start: a failure here is a failed start
-        task = asyncio.create_task(run_daily(engine), name="history-partitions")
+        pause = await maintain(engine)  # at start, before the server takes traffic
+        task = asyncio.create_task(run_daily(engine, pause), name="history-partitions")
         try:
             yield
         finally:

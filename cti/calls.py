@@ -33,6 +33,7 @@ from cti.customers import CustomerService
 from cti.history import HistoryEntry, HistoryWriter
 from cti.hub import EventHub
 from cti.identities import IdentityKind
+from cti.logs import correlate
 from cti.models import Conversation, HistoryEvent
 from cti.screenpop import ScreenPop
 from pbx.changes import (
@@ -80,13 +81,25 @@ class CallHandler:
         self.link_state: dict[str, PbxLinkChanged] = {}
         # call id -> (conversation id, customer id) of live calls (see _record)
         self._call_ids: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        # call id -> its voice conversation, for live calls: CallStarted, CallQueued
+        # and every CallOffered of a call need it; one query per call, not per change.
+        self._convs: OrderedDict[str, Conversation] = OrderedDict()
         # Other services that follow PBX changes (presence, IVR, callbacks, wallboard):
         # each is awaited after the call bookkeeping, in order; one failing is logged.
         self.listeners: list[Callable[[Change], Awaitable[None]]] = []
         self._deflected: dict[str, int] = {}  # call_id -> text conversation (memo)
 
     async def handle(self, change: Change) -> None:
-        await self._handle(change)
+        call_id: str | None = getattr(change, "call_id", None)
+        if call_id is None:
+            await self._handle(change)
+            await self._notify(change)
+            return
+        with correlate(f"call:{call_id}"):
+            await self._handle(change)
+            await self._notify(change)
+
+    async def _notify(self, change: Change) -> None:
         for listener in list(self.listeners):
             try:
                 await listener(change)
@@ -154,6 +167,7 @@ class CallHandler:
             case CallEnded():
                 await self._ended(change)
                 self._call_ids.pop(change.call_id, None)
+                self._convs.pop(change.call_id, None)
             case PbxLinkChanged():
                 self.link_state[change.pbx] = change
             case _:
@@ -190,6 +204,9 @@ class CallHandler:
     async def _ensure(
         self, call_id: str, number: str, name: str, queue: str | None, at: float
     ) -> Conversation:
+        cached = self._convs.get(call_id)
+        if cached is not None:
+            return cached
         existing = await self._conversations.by_ref(call_id)
         if existing is not None:
             self._remember(call_id, existing)
@@ -213,6 +230,9 @@ class CallHandler:
         if len(self._call_ids) >= MAX_CALL_IDS:
             self._call_ids.popitem(last=False)
         self._call_ids[call_id] = (conv.id, conv.customer_id)
+        if len(self._convs) >= MAX_CALL_IDS:
+            self._convs.popitem(last=False)
+        self._convs[call_id] = conv
 
     async def _set_queue(self, conv: Conversation, queue: str) -> None:
         if conv.queue != queue:
@@ -282,7 +302,7 @@ class CallHandler:
         )
 
     async def _answered(self, change: CallAnswered) -> None:
-        conv = await self._conversations.by_ref(change.call_id)
+        conv = self._convs.get(change.call_id) or await self._conversations.by_ref(change.call_id)
         if conv is None:
             return
         agent = await self._agents.by_endpoint(change.agent_interface)
@@ -293,6 +313,9 @@ class CallHandler:
                     .where(Conversation.id == conv.id, Conversation.status != "closed")
                     .values(owner_id=agent.id, status="assigned")
                 )
+            if conv.status != "closed":  # the cached copy follows the row
+                conv.owner_id = agent.id
+                conv.status = "assigned"
             self._hub.publish(
                 [agent.id], "call_answered", {"conversation_id": conv.id, "call_id": change.call_id}
             )

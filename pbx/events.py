@@ -481,10 +481,10 @@ E = TypeVar("E", bound=AmiEvent)
 
 def decode_as(cls: type[E], msg: AmiMessage) -> E:
     """Decode ``msg`` as ``cls``; missing required headers raise :class:`EventError`."""
-    lookup = msg.lowered.get
+    lookup = msg.get
     kwargs: dict[str, Any] = {}
-    for name, key, header, required, conv in cls.SPEC:
-        value = lookup(key)
+    for name, _key, header, required, conv in cls.SPEC:
+        value = lookup(header)
         if value is None:
             if required:
                 kind = msg.get("Event") or msg.get("Response") or "message"

@@ -103,7 +103,9 @@ class _LinkProtocol(AMIProtocol):  # type: ignore[misc]
         self.responses: dict[str, Any] = {}
         self.closed = False
         self.link = link
-        self.parser = AmiParser(link.settings.limits)
+        # Unsolicited events the tracker has no use for are dropped on their name.
+        self.parser = AmiParser(link.settings.limits, keep_events=ev.EVENT_TYPES.keys())
+        self._counted = 0
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.reason = "the AMI connection was closed"
 
@@ -114,12 +116,16 @@ class _LinkProtocol(AMIProtocol):  # type: ignore[misc]
         self.encoding = "utf-8"
 
     def data_received(self, data: bytes) -> None:
+        parser = self.parser
         try:
-            self.parser.feed(data)
-            while (msg := self.parser.next_message()) is not None:
+            parser.feed(data)
+            while (msg := parser.next_message()) is not None:
                 self._dispatch(msg)
         except AmiFramingError as exc:
             self.abort(f"protocol error, connection reset: {exc}")
+        finally:
+            self.link.events_received += parser.events - self._counted
+            self._counted = parser.events
 
     def abort(self, reason: str) -> None:
         if not self.closed:
@@ -214,6 +220,8 @@ class AmiLink:
         self._connects = 0
         self._started: str | None = None
         self._bad_events = 0
+        # Raw AMI events read from the socket (before any filtering), all sessions.
+        self.events_received = 0
         self._correlations: dict[str, None] = {}  # insertion-ordered set
         self._ready = asyncio.Event()
 

@@ -209,3 +209,29 @@ async def test_slow_answer_gives_unknown_outcome_and_the_late_response_is_droppe
         assert len(server.named("Getvar")) == 1
     finally:
         await link.stop()
+
+
+async def test_events_received_counts_every_event_read_even_those_dropped_unparsed(
+    server: ScriptedAmi,
+) -> None:
+    noise = b"Event: PeerStatus\r\nPeer: PJSIP/agent1\r\nPeerStatus: Reachable\r\n\r\n"
+
+    def user_event(msg: AmiMessage) -> bytes:
+        # the response, then 3 events the server has no use for and one it needs
+        return (frame(("Response", "Success"), ("ActionID", msg["ActionID"]))
+                + noise * 3 + newchannel("3.3"))
+
+    server.responders["userevent"] = user_event
+    link = AmiLink("p", server.url, FAST)
+    rec = Recorder(link)
+    try:
+        await link.start()
+        await link.wait_up(10)
+        before = link.events_received
+        await link.user_event("probe")
+        await rec.wait_for(ch.CallStarted, lambda c: c.call_id == "p:3.3", within=10)
+        assert link.events_received == before + 4
+        assert link.health().bad_events == 0
+    finally:
+        await link.stop()
+        await rec.close()

@@ -150,3 +150,51 @@ def test_spacing_variants_and_colons_in_values() -> None:
         b"Event: X\r\nA:1\r\nB:  two\r\nURI: sip:a@b:5060\r\nEmpty:\r\n\r\n")
     assert msg["A"] == "1" and msg["B"] == " two" and msg["URI"] == "sip:a@b:5060"
     assert msg["Empty"] == ""
+
+
+def test_unused_unsolicited_events_are_dropped_on_their_name_and_counted() -> None:
+    data = (
+        b"Asterisk Call Manager/5.0.4\r\n"
+        b"Event: Newchannel\r\nChannel: a\r\n\r\n"
+        b"Event: PeerStatus\r\nPeer: PJSIP/agent1\r\n\r\n"
+        b"Event: QueueMember\r\nActionID: 5\r\nQueue: q\r\n\r\n"  # answers an action: kept
+        b"Event: Other\r\nactionid: 6\r\n\r\n"  # any case
+        b"Response: Success\r\nActionID: 7\r\n\r\n"
+        b"event: newchannel\r\nChannel: b\r\n\r\n"
+    )
+    for step in (len(data), 1):
+        parser = AmiParser(keep_events={"Newchannel"})
+        got: list[AmiMessage] = []
+        for i in range(0, len(data), step):
+            got += parser.messages(data[i : i + step])
+        assert [(m.event, m.get("Channel")) for m in got] == [
+            ("Newchannel", "a"), ("QueueMember", None), ("Other", None), (None, None),
+            ("newchannel", "b"),
+        ]
+        assert (parser.events, parser.skipped) == (5, 1)
+
+
+@pytest.mark.parametrize("path", TRANSCRIPTS, ids=lambda p: p.name)
+def test_lazy_lookups_equal_the_parsed_headers(path: Path) -> None:
+    for msg in _whole(path.read_bytes()):
+        parsed = AmiMessage(msg.headers)
+        for key, _ in msg.headers:
+            for k in (key, key.lower(), key.upper()):
+                assert msg.get(k) == parsed.get(k) == parsed.lowered[key.lower()]
+        assert msg.get("NoSuchHeader") is None and "NoSuchHeader" not in msg
+        assert msg == parsed and dict(msg.lowered) == dict(parsed.lowered)
+
+
+def test_lazy_lookup_edge_cases() -> None:
+    (msg,) = AmiParser(expect_banner=False).messages(
+        b"Event: X\r\nCHANNEL: first\r\nChannel: second\r\nEmpty:\r\nTwo:  spaced\r\n"
+        b"Url: http://h:1/a: b\r\nName: \xd0\x98\xd0\xb2\xd0\xb0\xd0\xbd\r\n\r\n"
+    )
+    assert msg["channel"] == "first" and msg.get_all("Channel") == ("first", "second")
+    assert msg["Empty"] == "" and msg["Two"] == " spaced"
+    assert msg["URL"] == "http://h:1/a: b" and msg["Name"] == "Иван"
+    with pytest.raises(MissingHeader):
+        msg["Missing"]
+    # bare LF line ends: parsed at once, same answers
+    (bare,) = AmiParser(expect_banner=False).messages(b"Event: X\nChannel: a\r\nQ: 1\r\n\r\n")
+    assert (bare["Channel"], bare["q"], len(bare)) == ("a", "1", 3)

@@ -326,7 +326,7 @@ class LabPbx:
         ctl = self.run_dir / "run" / "asterisk.ctl"
         if len(str(ctl).encode()) > MAX_CTL_PATH:
             raise LabPbxError(f"run dir too long for Asterisk's control socket: {ctl}")
-        for sub in ("etc", "lib", "data", "agi-bin", "spool", "run", "log", "moh"):
+        for sub in ("etc", "lib", "data", "agi-bin", "spool", "run", "log", "log/cdr-csv", "moh"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
         for name in ("sounds", "documentation"):
             link = self.run_dir / "data" / name

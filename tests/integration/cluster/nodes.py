@@ -1,4 +1,12 @@
-"""Two-node helpers: ``cti serve`` subprocesses sharing PostgreSQL and Redis, and their APIs."""
+"""Two-node helpers: ``cti serve`` subprocesses sharing PostgreSQL and Redis, and their APIs.
+
+Start-up cost (loaded 2-core box): most of a node's start is importing the
+server (10-20 s of wall time), then Alembic and the app start. ``start_pair``
+migrates the database and seeds the admin once in the test process, while
+both nodes import behind a gate (``Node.start(gated=True)``: the same
+``cti serve`` entry point, ``cti.cli.main``, called once a line arrives on
+stdin); a pair that needs A to hold something first releases B only then.
+"""
 
 from __future__ import annotations
 
@@ -17,19 +25,33 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cti.config import BootstrapAdmin, Settings
+from cti.services import Services
+
 ROOT = Path(__file__).resolve().parents[3]
 CTI = ROOT / ".venv" / "bin" / "cti"
+PYTHON = ROOT / ".venv" / "bin" / "python"
+# `cti serve` as .venv/bin/cti runs it, after the imports and a line on stdin.
+GATED_SERVE = (
+    "import sys\n"
+    "import cti.serve\n"
+    "from cti.cli import main\n"
+    "sys.stdin.readline()\n"
+    "sys.argv[0] = 'cti'\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
 TIMEOUT = 60.0
 ADMIN = ("admin", "admin-password-1")
 SECRET = "cluster-test-secret"
 
 
-async def until(what: str, check: Callable[[], Awaitable[bool]], within: float = TIMEOUT) -> None:
+async def until(what: str, check: Callable[[], Awaitable[bool]], within: float = TIMEOUT,
+                every: float = 0.05) -> None:
     deadline = time.monotonic() + within
     while not await check():
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {within:g} s waiting for {what}")
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(every)
 
 
 @dataclass
@@ -48,23 +70,39 @@ class Node:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
+    def start(self, gated: bool = False) -> None:
+        """Run ``cti serve``; ``gated``: import it now, serve once ``release()`` is called."""
         if not CTI.exists():
             pytest.fail(f"{CTI} is missing: install the project into .venv (pip install -e .)")
+        command = [str(PYTHON), "-c", GATED_SERVE] if gated else [str(CTI)]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [str(CTI), "serve", "--log-level", "INFO"], env=self.env, cwd=self.log.parent,
+                [*command, "serve", "--log-level", "INFO"], env=self.env, cwd=self.log.parent,
                 stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.PIPE if gated else subprocess.DEVNULL,
             )
+
+    def release(self) -> None:
+        """Let a gated node go on to serve."""
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(b"go\n")
+        self.proc.stdin.close()
 
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """Send SIGTERM (if it still runs); ``stop()`` then waits for the exit."""
+        if self.proc is not None and self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self) -> None:
+        self.terminate()
+        if self.proc is not None and self.proc.poll() is None:
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -147,6 +185,48 @@ def node_env(name: str, port: int, db_url: str, redis_url: str,
     if ami_url is not None:
         env["CTI_AMI_URL"] = ami_url
     return env
+
+
+async def prepare_database(db_url: str) -> None:
+    """Migrate the shared database and seed the bootstrap admin, once, before the nodes start.
+
+    The nodes then find the schema at head and an admin present: neither runs
+    Alembic's upgrades nor creates the admin, so they may start together.
+    """
+    settings = Settings(db_url=db_url, secret_key=SECRET,
+                        bootstrap_admin=BootstrapAdmin(ADMIN[0], ADMIN[1]))
+    services = Services(settings)
+    await services.start()
+    await services.stop()
+
+
+async def start_pair(node_a: Node, node_b: Node, db_url: str,
+                     a_first: Callable[[], Awaitable[bool]] | None = None,
+                     what: str = "node A ready for B") -> None:
+    """Start two nodes on a fresh database: both import at once while the database is
+    prepared; then both serve, or, with ``a_first``, B only once that holds on A."""
+    node_a.start(gated=True)
+    node_b.start(gated=True)
+    await prepare_database(db_url)
+    node_a.release()
+    if a_first is None:
+        node_b.release()
+        await asyncio.gather(node_a.wait_ready(), node_b.wait_ready())
+        return
+    await node_a.wait_ready()
+    await until(what, a_first)
+    node_b.release()
+    await node_b.wait_ready()
+
+
+async def close_all(nodes: list[Node]) -> None:
+    """Stop nodes together: SIGTERM to all first (no lease handed from one to the next)."""
+    for node in nodes:
+        node.terminate()
+    for node in nodes:
+        if node.http is not None:
+            await node.http.close()
+    await asyncio.gather(*(asyncio.to_thread(node.stop) for node in nodes))
 
 
 class Desk:

@@ -36,9 +36,11 @@ from tests.integration.cluster.nodes import (
     SECRET,
     Desk,
     Node,
+    close_all,
     duties_of,
     holder_of_duty,
     node_env,
+    start_pair,
     until,
 )
 from tests.peers.databases import _createdb
@@ -73,18 +75,14 @@ async def pair(
         env.update({"CTI_SMPP_URL": smsc.url(), "CTI_SMS_FIRST_REPLY_SLA": "2"})
         node = Node(name, port, env, tmp_path / f"node-{name}.log")
         started.append(node)
-        node.start()
         return node
 
     try:
-        node_a = make("A")
-        await node_a.wait_ready()  # A migrates the database and seeds the admin alone
-        node_b = make("B")
-        await node_b.wait_ready()
+        node_a, node_b = make("A"), make("B")
+        await start_pair(node_a, node_b, db_url)  # who takes which duty is up to the race
         yield node_a, node_b, db_url
     finally:
-        for node in started:
-            await node.close()
+        await close_all(started)
 
 
 async def history(db_url: str, kind: str) -> list[HistoryEvent]:

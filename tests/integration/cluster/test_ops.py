@@ -23,7 +23,7 @@ import pytest
 
 from cti.cluster.health import NODE_TTL, PUBLISH_EVERY
 from tests.integration.cluster.conftest import OwnRedis
-from tests.integration.cluster.nodes import Node, node_env, until
+from tests.integration.cluster.nodes import Node, close_all, node_env, start_pair, until
 from tests.integration.cluster.test_two_nodes import fresh_database
 from tests.peers.ports import free_port
 
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def json_nodes(tmp_path: Path) -> AsyncIterator[Callable[..., Node]]:
-    """Like test_two_nodes' ``nodes``, with JSON logs (``CTI_LOG_FORMAT=json``)."""
+    """Nodes (not started) with JSON logs (``CTI_LOG_FORMAT=json``)."""
     started: list[Node] = []
 
     def make(name: str, db_url: str, redis_url: str) -> Node:
@@ -40,12 +40,10 @@ async def json_nodes(tmp_path: Path) -> AsyncIterator[Callable[..., Node]]:
         env = {**node_env(name, port, db_url, redis_url), "CTI_LOG_FORMAT": "json"}
         node = Node(name, port, env, tmp_path / f"node-{name}.log")
         started.append(node)
-        node.start()
         return node
 
     yield make
-    for node in started:
-        await node.close()
+    await close_all(started)
 
 
 async def cluster_health(node: Node) -> dict[str, Any]:
@@ -65,9 +63,8 @@ async def test_cluster_health_lists_both_nodes_and_a_killed_one_as_down(
 ) -> None:
     db_url = fresh_database(postgres_url)
     node_a = json_nodes("A", db_url, own_redis.url)
-    await node_a.wait_ready()
     node_b = json_nodes("B", db_url, own_redis.url)
-    await node_b.wait_ready()
+    await start_pair(node_a, node_b, db_url)
 
     async def both_listed_up() -> bool:
         for node in (node_a, node_b):

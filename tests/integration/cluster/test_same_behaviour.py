@@ -41,7 +41,15 @@ from cti.links.pbx import ami_url
 from cti.services import Services
 from cti.webchat.tokens import ChatTokenSigner
 from tests.integration.cluster.conftest import OwnRedis
-from tests.integration.cluster.nodes import ADMIN, SECRET, Node, node_env, until
+from tests.integration.cluster.nodes import (
+    ADMIN,
+    SECRET,
+    Node,
+    close_all,
+    node_env,
+    start_pair,
+    until,
+)
 from tests.integration.cluster.test_two_nodes import fresh_database
 from tests.peers.ports import free_port
 from tests.peers.sipp import caller_call
@@ -73,12 +81,10 @@ async def nodes(tmp_path: Path) -> AsyncIterator[Callable[..., Node]]:
         node = Node(name, port, node_env(name, port, db_url, redis_url, ami),
                     tmp_path / f"node-{name}.log")
         started.append(node)
-        node.start()
         return node
 
     yield make
-    for node in started:
-        await node.close()
+    await close_all(started)
 
 
 async def frame(ws: aiohttp.ClientWebSocketResponse, accept: Callable[[dict[str, Any]], bool],
@@ -104,15 +110,14 @@ async def test_same_behaviour_on_both_nodes(
     db_url = fresh_database(postgres_url)
     ami = ami_url(lab_pbx.host, lab_pbx.ami_port, lab_pbx.ami_user, lab_pbx.ami_secret)
     node_a = nodes("A", db_url, own_redis.url, ami)
-    await node_a.wait_ready()
+    node_b = nodes("B", db_url, own_redis.url, ami)
 
     async def a_holds_the_link() -> bool:
         links = (await node_a.health())["links"]
         return links["cluster"]["holds"] == ["pbx1"] and bool(links["pbx:pbx1"]["up"])
 
-    await until("node A holding pbx1", a_holds_the_link)
-    node_b = nodes("B", db_url, own_redis.url, ami)
-    await node_b.wait_ready()
+    await start_pair(node_a, node_b, db_url, a_first=a_holds_the_link,
+                     what="node A holding pbx1")
     assert (await node_b.health())["links"]["cluster"]["holds"] == []
 
     # Tokens are signed with the cluster's shared secret: one login serves both nodes.

@@ -29,7 +29,16 @@ from cti.lab import LabPbx, LabQueue
 from cti.links.pbx import ami_url
 from cti.services import Services
 from tests.integration.cluster.conftest import OwnRedis
-from tests.integration.cluster.nodes import ADMIN, SECRET, Desk, Node, node_env, until
+from tests.integration.cluster.nodes import (
+    ADMIN,
+    SECRET,
+    Desk,
+    Node,
+    close_all,
+    node_env,
+    start_pair,
+    until,
+)
 from tests.peers.databases import _createdb
 from tests.peers.ports import free_port
 from tests.peers.sipp import agent_answering, caller_call
@@ -61,17 +70,18 @@ async def sms_conversation(db_url: str, sender: str, text: str) -> int:
 async def nodes(tmp_path: Path) -> AsyncIterator[Callable[..., Node]]:
     started: list[Node] = []
 
-    def make(name: str, db_url: str, redis_url: str, ami: str | None = None) -> Node:
+    def make(name: str, db_url: str, redis_url: str, ami: str | None = None,
+             start: bool = True) -> Node:
         port = free_port()
         node = Node(name, port, node_env(name, port, db_url, redis_url, ami),
                     tmp_path / f"node-{name}.log")
         started.append(node)
-        node.start()
+        if start:
+            node.start()
         return node
 
     yield make
-    for node in started:
-        await node.close()
+    await close_all(started)
 
 
 async def seed_agents(node: Node) -> None:
@@ -98,16 +108,16 @@ async def test_pop_race_and_failover(
     lab = lab_pbx_factory(queues=[LabQueue("support", "100", ("agent2",))])
     db_url = fresh_database(postgres_url)
     ami = ami_url(lab.host, lab.ami_port, lab.ami_user, lab.ami_secret)
-    node_a = nodes("A", db_url, own_redis.url, ami)
-    await node_a.wait_ready()  # A migrates the database and seeds the admin alone
+    node_a = nodes("A", db_url, own_redis.url, ami, start=False)
+    node_b = nodes("B", db_url, own_redis.url, ami, start=False)
 
     async def a_holds_the_link() -> bool:
         links = (await node_a.health())["links"]
         return links["cluster"]["holds"] == ["pbx1"] and bool(links["pbx:pbx1"]["up"])
 
-    await until("node A holding pbx1 with its AMI link up", a_holds_the_link)
-    node_b = nodes("B", db_url, own_redis.url, ami)
-    await node_b.wait_ready()
+    # B imports meanwhile; it serves once A holds the link.
+    await start_pair(node_a, node_b, db_url, a_first=a_holds_the_link,
+                     what="node A holding pbx1 with its AMI link up")
     assert await holder_of(node_b) == "A"
     b_links = (await node_b.health())["links"]
     assert b_links["cluster"]["holds"] == [] and b_links["pbx:pbx1"]["held_by"] == "A"
@@ -215,10 +225,9 @@ async def test_redis_outage(
     postgres_url: str, own_redis: OwnRedis, nodes: Callable[..., Node]
 ) -> None:
     db_url = fresh_database(postgres_url)
-    node_a = nodes("A", db_url, own_redis.url)
-    await node_a.wait_ready()
-    node_b = nodes("B", db_url, own_redis.url)
-    await node_b.wait_ready()
+    node_a = nodes("A", db_url, own_redis.url, start=False)
+    node_b = nodes("B", db_url, own_redis.url, start=False)
+    await start_pair(node_a, node_b, db_url)
     await seed_agents(node_a)
     await node_a.login("agent1", "agent1-password")
     await node_b.login("agent1", "agent1-password")

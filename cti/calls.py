@@ -207,13 +207,15 @@ class CallHandler:
         cached = self._convs.get(call_id)
         if cached is not None:
             return cached
-        existing = await self._conversations.by_ref(call_id)
-        if existing is not None:
-            self._remember(call_id, existing)
-            return existing
         if number.strip().lower() in ANONYMOUS:
+            existing = await self._conversations.by_ref(call_id)
+            if existing is not None:
+                self._remember(call_id, existing)
+                return existing
             customer = await self._customers.new_anonymous(name or "Anonymous caller")
         else:
+            # open() below finds a conversation that exists already (by external_ref):
+            # no separate lookup first; identify() finds the same customer again.
             customer, _ = await self._customers.identify(IdentityKind.PHONE, number, name=name)
         conv, _ = await self._conversations.open(
             "voice",

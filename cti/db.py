@@ -32,7 +32,17 @@ def create_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 10})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    connect_args: dict[str, Any] = {}
+    if parsed.get_driver_name() == "asyncpg":
+        # Statements are prepared once per connection; after 5 runs PostgreSQL
+        # would switch to a generic plan that assumes an average customer, and
+        # a customer with 10k history rows then gets a bitmap scan of all of
+        # them and a sort instead of a LIMITed backward index scan (measured:
+        # 1.2 ms -> 12 ms). A custom plan per execution costs well under 1 ms.
+        connect_args["server_settings"] = {"plan_cache_mode": "force_custom_plan"}
+    return create_async_engine(
+        url, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args=connect_args
+    )
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

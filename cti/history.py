@@ -52,7 +52,6 @@ from sqlalchemy import (
     tuple_,
     union_all,
 )
-from sqlalchemy import cast as cast_
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -342,30 +341,36 @@ def _keyset_binds(query: Select[Any]) -> Select[Any]:
 def _family_page(keyset: bool) -> Select[Any]:
     """PostgreSQL: family and page in ONE statement (one round trip).
 
-    A recursive CTE walks the merges (UNION: a cycle ends it); for each member
-    a LATERAL index range scan returns at most ``limit`` rows; the outer
-    ORDER BY/LIMIT merges those few rows.
+    The customer's own page is a range scan on ``customer_id = :customer_id``:
+    planned per execution (plan_cache_mode=force_custom_plan, cti.db), it
+    sees the value's statistics, so a customer with 10k events gets backward
+    index scans with LIMIT, not a bitmap scan of all its rows and a sort (the
+    generic plan of a prepared statement does that). Customers merged into it
+    come from a recursive CTE (UNION: a cycle ends it), each with a LATERAL
+    LIMITed range scan; the outer ORDER BY/LIMIT merges those few rows.
     """
-    start = select(
-        cast_(
-            bindparam("customer_id", type_=HISTORY.c.customer_id.type), HISTORY.c.customer_id.type
-        ).label("member")
+    root = bindparam("customer_id", type_=HISTORY.c.customer_id.type)
+    limit = bindparam("limit", type_=Integer())
+    seed = select(CUSTOMERS.c.id.label("member")).where(
+        CUSTOMERS.c.merged_into_id == root, CUSTOMERS.c.id != root
     )
-    family = start.cte("family", recursive=True)
+    family = seed.cte("family", recursive=True)
     family = family.union(
-        select(CUSTOMERS.c.id).where(CUSTOMERS.c.merged_into_id == family.c.member)
+        select(CUSTOMERS.c.id).where(
+            CUSTOMERS.c.merged_into_id == family.c.member, CUSTOMERS.c.id != root
+        )
     )
+    own_query = select(*_COLUMNS).where(HISTORY.c.customer_id == root)
     arm_query = select(*_COLUMNS).where(HISTORY.c.customer_id == family.c.member)
     if keyset:
+        own_query = _keyset_binds(own_query)
         arm_query = _keyset_binds(arm_query)
-    limit = bindparam("limit", type_=Integer())
+    own = own_query.order_by(*_NEWEST_FIRST).limit(limit).subquery("own")
     arm = arm_query.order_by(*_NEWEST_FIRST).limit(limit).lateral("arm")
-    return (
-        select(*arm.c)
-        .select_from(family.join(arm, true()))
-        .order_by(arm.c.occurred_at.desc(), arm.c.id.desc())
-        .limit(limit)
+    page = union_all(select(*own.c), select(*arm.c).select_from(family.join(arm, true()))).subquery(
+        "page"
     )
+    return select(*page.c).order_by(page.c.occurred_at.desc(), page.c.id.desc()).limit(limit)
 
 
 _PAGE = {False: _single_page(False), True: _single_page(True)}

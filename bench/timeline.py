@@ -1,6 +1,7 @@
 """Customer timeline at scale: the latest 50 events of a customer among --rows history rows.
 
     .venv/bin/python -m bench.timeline [--rows 10000000] [--customers 1000000] [--queries 2000]
+                                       [--only sqlite|postgresql]
 
 Calls ``cti.history.timeline`` (exactly what ``GET /api/v1/customers/{id}/history``
 runs: merged family + keyset page, Core selects; on SQLite one hop to the
@@ -346,8 +347,7 @@ async def measure(
     return pct(api_all, 99)
 
 
-async def main_async(args: argparse.Namespace) -> int:
-    results = {}
+async def run_sqlite(args: argparse.Namespace) -> float:
     with tempfile.TemporaryDirectory(prefix="cti-bench-timeline-") as tmp:
         path = Path(tmp) / "timeline.sqlite3"
         engine = create_engine(f"sqlite+aiosqlite:///{path}")
@@ -360,19 +360,30 @@ async def main_async(args: argparse.Namespace) -> int:
             flush=True,
         )
         engine = create_engine(f"sqlite+aiosqlite:///{path}")
-        results["sqlite"] = await measure(
-            "sqlite", engine, sessionmaker(engine), args.customers, args.queries
-        )
+        p99 = await measure("sqlite", engine, sessionmaker(engine), args.customers, args.queries)
         await engine.dispose()
+    return p99
+
+
+async def run_postgresql(args: argparse.Namespace) -> float:
     with pg_cluster("shared_buffers=512MB", "max_wal_size=8GB") as url:
         engine = create_engine(url)
         await migrate(engine)
         took = await fill_pg(engine, args.rows, args.customers)
         print(f"postgresql: {args.rows:,} rows loaded and indexed in {took:.0f} s", flush=True)
-        results["postgresql"] = await measure(
+        p99 = await measure(
             "postgresql", engine, sessionmaker(engine), args.customers, args.queries
         )
         await engine.dispose()
+    return p99
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    results = {}
+    if args.only in (None, "sqlite"):
+        results["sqlite"] = await run_sqlite(args)
+    if args.only in (None, "postgresql"):
+        results["postgresql"] = await run_postgresql(args)
     print(
         "target p99 <= 5 ms: "
         + ", ".join(f"{k} {'OK' if v <= 5 else 'MISSED'} ({v:.2f} ms)" for k, v in results.items())
@@ -385,6 +396,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--only", choices=("sqlite", "postgresql"), default=None)
     raise SystemExit(asyncio.run(main_async(parser.parse_args())))
 
 

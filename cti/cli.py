@@ -28,22 +28,36 @@ def _available(module_name: str) -> bool:
         return False
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line (the first non-option word)."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in SUBCOMMANDS else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every subcommand is listed; only ``only``'s module is imported and configured
+    (``None``: all of them). Importing every module costs seconds (aiohttp,
+    SQLAlchemy, pjsua2...) that ``cti lab status`` should not pay."""
     parser = argparse.ArgumentParser(prog="cti", description="Omnichannel CTI server for Asterisk")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         if not _available(module_name):
             continue
-        module = importlib.import_module(module_name)
         sp = sub.add_parser(name, help=help_text, description=help_text)
-        module.configure(sp)
-        sp.set_defaults(_module=module)
+        if only is None or name == only:
+            module = importlib.import_module(module_name)
+            module.configure(sp)
+            sp.set_defaults(_module=module)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    chosen = _chosen(words)
+    parser = build_parser(only=chosen or "")  # no subcommand: help or an error, nothing imported
+    args = parser.parse_args(words)
     rc: int = args._module.run(args)
     return rc
 

@@ -1,13 +1,14 @@
 """Cluster-wide health: two ``cti serve`` nodes on one PostgreSQL and one Redis.
 
 Both nodes publish their summary to Redis; ``GET /api/v1/health/cluster`` on
-either lists both. Node B is killed with SIGKILL: once its report's TTL runs
-out, A lists it ``down`` with its last-seen time and the cluster is
-``degraded``. With Redis stopped, A answers for itself (degraded, with the
-reason); once it is back, A lists both again. Node logs are JSON lines
-carrying their node id.
-
-(Redis stopped for 10 s while the nodes run is ``test_two_nodes.test_redis_outage``.)
+either lists both. Redis then stops for 10 s while both run: both nodes report
+it in health; a pop published meanwhile (on A) is buffered and reaches
+agent1's desk on B once Redis is back, once. Node B is killed with SIGKILL:
+once its report's TTL runs out, A lists it ``down`` with its last-seen time
+and the cluster is ``degraded``. With Redis stopped, A answers for itself
+(degraded, with the reason); once it is back, A lists both again. Node logs
+are JSON lines carrying their node id. One pair of nodes for all of it: their
+start is most of the cost.
 """
 
 from __future__ import annotations
@@ -23,8 +24,20 @@ import pytest
 
 from cti.cluster.health import NODE_TTL, PUBLISH_EVERY
 from tests.integration.cluster.conftest import OwnRedis
-from tests.integration.cluster.nodes import Node, close_all, node_env, start_pair, until
-from tests.integration.cluster.test_two_nodes import fresh_database
+from tests.integration.cluster.nodes import (
+    ADMIN,
+    Desk,
+    Node,
+    close_all,
+    node_env,
+    start_pair,
+    until,
+)
+from tests.integration.cluster.test_two_nodes import (
+    fresh_database,
+    seed_agents,
+    sms_conversation,
+)
 from tests.peers.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -81,6 +94,8 @@ async def test_cluster_health_lists_both_nodes_and_a_killed_one_as_down(
     assert b_entry["started"].endswith("Z") and b_entry["holds"] == []
     assert "bus" in b_entry, b_entry
 
+    await redis_outage(node_a, node_b, own_redis, db_url)
+
     node_b.kill9()
     killed = time.monotonic()
 
@@ -116,3 +131,50 @@ async def test_cluster_health_lists_both_nodes_and_a_killed_one_as_down(
     lines = [json.loads(line) for line in text.splitlines()
              if not line.startswith("CTI server listening")]
     assert lines and {line["node_id"] for line in lines} == {"A"}, text[-2000:]
+
+
+async def redis_outage(node_a: Node, node_b: Node, own_redis: OwnRedis, db_url: str) -> None:
+    """Redis stops for 10 s: both nodes say so; a pop made on A meanwhile reaches B once."""
+    await seed_agents(node_a)
+    await node_a.login("agent1", "agent1-password")
+    await node_b.login("agent1", "agent1-password")
+    desk1 = Desk("agent1")
+    await desk1.connect(node_b)  # agent1 on B; the take below runs on A
+    conv = await sms_conversation(db_url, "+79160000003", "While Redis is down")
+    try:
+        await asyncio.to_thread(own_redis.stop)
+        stopped = time.monotonic()
+
+        async def both_report_redis_down() -> bool:
+            for node in (node_a, node_b):
+                body = await node.health()
+                cluster = body["links"]["cluster"]
+                if body["status"] != "degraded" or cluster["redis"] != "down":
+                    return False
+            return True
+
+        await until("both nodes reporting Redis down", both_report_redis_down, 15)
+        status, body = await node_a.call(  # assigns it to agent1: a pop, published on A
+            "POST", f"/api/v1/conversations/{conv}/transfer", node_a.tokens[ADMIN[0]],
+            {"agent": "agent1"})
+        assert status == 200, body
+        pending = (await node_a.health())["links"]["cluster"]["bus"]["pending"]
+        assert pending >= 1, "the pop waits in node A's outbox"
+        await asyncio.sleep(max(0.0, 10.0 - (time.monotonic() - stopped)))
+        await asyncio.to_thread(own_redis.start)
+        pop = await desk1.next("screen_pop", within=30)
+        assert pop["conversation"]["id"] == conv
+
+        async def both_healthy() -> bool:
+            for node in (node_a, node_b):
+                cluster = (await node.health())["links"]["cluster"]
+                if cluster["redis"] != "up" or cluster["bus"]["pending"] != 0:
+                    return False
+            return True
+
+        await until("both nodes healthy with empty outboxes", both_healthy, 30)
+        a_bus = (await node_a.health())["links"]["cluster"]["bus"]
+        assert a_bus["dropped"] == 0, a_bus
+        assert desk1.seen.count(pop) == 1
+    finally:
+        await desk1.close()

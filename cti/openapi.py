@@ -113,7 +113,8 @@ OPENAPI: dict[str, Any] = {
         "/api/v1/customers/{id}/history": {
             "get": _op(
                 "The customer's history across channels, newest first",
-                params=[ID_PARAM, _q("limit", INT), _q("cursor")],
+                params=[ID_PARAM, _q("limit", INT), _q("cursor"),
+                        _q("before", {"type": "string", "format": "date-time"})],
             )
         },
         "/api/v1/customers/{id}/identities": {

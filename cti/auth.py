@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -37,7 +38,13 @@ class Role(StrEnum):
 RANK = {Role.AGENT: 0, Role.SUPERVISOR: 1, Role.ADMIN: 2}
 
 _hasher = PasswordHasher()
-_DUMMY_HASH = _hasher.hash("not a password")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    # Made on first use, not at import: a full-cost hash is 0.25-1.2 s that
+    # every `cti` process (lab, pbx, reports...) would pay for nothing.
+    return _hasher.hash("not a password")
 
 
 def hash_password(password: str) -> str:
@@ -47,7 +54,7 @@ def hash_password(password: str) -> str:
 def verify_password(password_hash: str | None, password: str) -> bool:
     """Constant work whether or not the login exists."""
     try:
-        return _hasher.verify(password_hash or _DUMMY_HASH, password) and bool(password_hash)
+        return _hasher.verify(password_hash or _dummy_hash(), password) and bool(password_hash)
     except (VerificationError, InvalidHashError):
         return False
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
@@ -56,11 +58,43 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return cfg
 
 
+MIGRATION_LOCK = 0x637469_6D6967  # "cti" "mig"
+
+
 async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest revision (idempotent)."""
+    """Bring the schema to the newest revision (idempotent).
+
+    Several processes may start together on one database (cluster nodes, a
+    server and ``cti db``): the first migrates, the others wait, then find the
+    schema at head. PostgreSQL: a transaction-scoped advisory lock. SQLite
+    (whose DDL runs outside a transaction here): an flock on a file beside the
+    database, taken in a thread so a second engine in the same process waits
+    without blocking the event loop.
+    """
 
     def upgrade(connection: Connection) -> None:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         command.upgrade(alembic_config(connection), "head")
 
-    async with engine.begin() as conn:
-        await conn.run_sync(upgrade)
+    database = engine.url.database
+    if engine.url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade)
+        return
+    lock = await asyncio.to_thread(_lock_file, Path(database + ".migrate.lock"))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade)
+    finally:
+        lock.close()  # releases the flock
+
+
+def _lock_file(path: Path) -> IO[bytes]:
+    handle = path.open("ab")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    except OSError:
+        handle.close()
+        raise
+    return handle

@@ -24,6 +24,7 @@ from cti.config import Settings
 from cti.conversations import ConversationService
 from cti.customers import CustomerService
 from cti.db import create_engine, migrate, sessionmaker
+from cti.errors import Conflict
 from cti.history import HistoryWriter
 from cti.hub import EventHub
 from cti.messaging import TextInbox
@@ -123,7 +124,14 @@ class Services:
         self.history.start()
         admin = self.settings.bootstrap_admin
         if admin is not None and await self.agents.count_admins() == 0:
-            await self.agents.create(admin.login, admin.password, name=admin.login, role=Role.ADMIN)
+            try:
+                await self.agents.create(
+                    admin.login, admin.password, name=admin.login, role=Role.ADMIN
+                )
+            except Conflict:
+                # Another node starting on the same database created it first.
+                if await self.agents.count_admins() == 0:
+                    raise
 
     async def stop(self) -> None:
         await self.history.close()

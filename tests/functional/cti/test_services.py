@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from cti.auth import Principal, Role
+from cti.config import Settings
 from cti.customers import ContactInput
 from cti.errors import AlreadyTaken, AtCapacity, Conflict, Forbidden, NotFound
 from cti.history import HistoryEntry, timeline
@@ -250,3 +251,16 @@ async def test_call_flow_pops_card_and_records_once(services: Services) -> None:
     assert (ended["wait"], ended["ring"], ended["talk"], ended["hold"]) == (2.0, 1.5, 30.0, 0.0)
     conv = await services.conversations.by_ref(call)
     assert conv is not None and conv.owner_id == agent.id and conv.status == "wrapup"
+
+
+async def test_two_nodes_starting_together_on_a_fresh_database(settings: Settings) -> None:
+    """Both migrate (PostgreSQL: one waits on the other's lock) and try to create the
+    bootstrap admin: both start, and there is exactly one admin."""
+    nodes = [Services(settings), Services(settings)]
+    try:
+        await asyncio.gather(*(node.start() for node in nodes))
+        assert await nodes[0].agents.count_admins() == 1
+        assert await nodes[1].agents.count_admins() == 1
+    finally:
+        for node in nodes:
+            await node.stop()

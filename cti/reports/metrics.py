@@ -228,6 +228,18 @@ def _sl_threshold(options: ReportOptions) -> ColumnElement[Any]:
     )
 
 
+VOICE_FACT_KINDS = (
+    K.CALL_QUEUED,
+    K.CALL_ANSWERED,
+    K.CALL_ABANDONED,
+    K.CALL_DEFLECTED,
+    K.CALLBACK_BOOKED,
+    K.CALLBACK_CONNECTED,
+    K.CALL_ENDED,
+    K.CLOSED,
+)
+
+
 def voice_facts(period: Period, options: ReportOptions) -> Any:
     per_call = (
         select(
@@ -249,18 +261,7 @@ def voice_facts(period: Period, options: ReportOptions) -> Any:
         .where(
             _events_in(period, options),
             h.c.channel == "voice",
-            h.c.kind.in_(
-                (
-                    K.CALL_QUEUED,
-                    K.CALL_ANSWERED,
-                    K.CALL_ABANDONED,
-                    K.CALL_DEFLECTED,
-                    K.CALLBACK_BOOKED,
-                    K.CALLBACK_CONNECTED,
-                    K.CALL_ENDED,
-                    K.CLOSED,
-                )
-            ),
+            h.c.kind.in_(VOICE_FACT_KINDS),
         )
         .group_by(h.c.conversation_id)
         .subquery("per_call")
@@ -645,13 +646,95 @@ async def fcr_report(engine: AsyncEngine, period: Period, options: ReportOptions
 # ---------------------------------------------------------------------- agents
 
 
+def _agent_voice_facts(period: Period, options: ReportOptions) -> Any:
+    """The part of :func:`voice_facts` the agents report reads: the answered calls'
+    wait, talk, hold and wrap-up. Same events, same calls (every call keeps its row,
+    so an agent whose calls were all unanswered still shows 0), without the
+    abandoned / deflected / callback folding and its two IN (...) sets."""
+    per_call = (
+        select(
+            h.c.conversation_id.label("cid"),
+            _flag([K.CALL_ANSWERED]).label("answered"),
+            func.max(_when([K.CALL_ANSWERED], h.c.wait_s)).label("answer_wait"),
+            func.max(_when([K.CALL_ENDED], h.c.talk_s)).label("talk"),
+            func.max(_when([K.CALL_ENDED], h.c.hold_s)).label("hold"),
+            func.max(_when([K.CALL_ENDED], h.c.occurred_at)).label("ended_at"),
+            func.max(_when([K.CLOSED], h.c.occurred_at)).label("closed_at"),
+        )
+        .where(
+            _events_in(period, options),
+            h.c.channel == "voice",
+            h.c.kind.in_(VOICE_FACT_KINDS),
+        )
+        .group_by(h.c.conversation_id)
+        .subquery("per_call")
+    )
+    p = per_call.c
+    answered = p.answered == 1
+    wrap = case(
+        (
+            and_(answered, p.closed_at.is_not(None), p.ended_at.is_not(None)),
+            case((p.closed_at > p.ended_at, epoch(p.closed_at) - epoch(p.ended_at)), else_=0.0),
+        ),
+        else_=0.0,
+    )
+    return (
+        select(
+            agents.c.login.label("agent"),
+            conv.c.queued_at.label("queued_at"),
+            case((answered, 1), else_=0).label("answered"),
+            case((answered, func.coalesce(p.answer_wait, 0.0)), else_=0.0).label("answer_wait"),
+            case((answered, func.coalesce(p.talk, 0.0)), else_=0.0).label("talk"),
+            case((answered, func.coalesce(p.hold, 0.0)), else_=0.0).label("hold"),
+            wrap.label("wrap"),
+        )
+        .select_from(per_call)
+        .join(conv, conv.c.id == p.cid)
+        .outerjoin(agents, agents.c.id == conv.c.owner_id)
+        .where(
+            conv.c.channel == "voice",
+            conv.c.linked_to_id.is_(None),
+            conv.c.queued_at >= period.start,
+            conv.c.queued_at < period.end,
+        )
+        .subquery("agent_voice")
+    )
+
+
+async def _agent_voice(engine: AsyncEngine, period: Period, options: ReportOptions) -> Report:
+    f = _agent_voice_facts(period, options)
+    c = f.c
+    measures = [
+        Measure("answered", c.answered),
+        Measure("answer_wait_sum", c.answer_wait),
+        Measure("talk_sum", c.talk),
+        Measure("hold_sum", c.hold),
+        Measure("wrap_sum", c.wrap),
+    ]
+    grouped = await _grouped(engine, period, f, {"agent": c.agent}, measures)
+
+    def finish(v: dict[str, Any]) -> dict[str, Any]:
+        answered = v["answered"]
+        handled = v["talk_sum"] + v["hold_sum"] + v["wrap_sum"]
+        return {
+            "answered": int(answered),
+            "asa": _ratio(v["answer_wait_sum"], answered),
+            "aht": _ratio(handled, answered),
+            "avg_talk": _ratio(v["talk_sum"], answered),
+            "avg_hold": _ratio(v["hold_sum"], answered),
+            "avg_wrap": _ratio(v["wrap_sum"], answered),
+        }
+
+    return _table("voice", period, grouped, finish)
+
+
 async def agents_report(engine: AsyncEngine, period: Period, options: ReportOptions) -> Report:
     """Per agent (the conversation's last owner): voice handling and text handling."""
     by_agent = Period(period.start, period.end, period.tz, "agent")
     # Two connections at once: the two queries run in parallel (SQLite releases the
     # GIL while a statement steps; PostgreSQL uses one backend each).
     voice, text = await asyncio.gather(
-        voice_report(engine, by_agent, options), text_report(engine, by_agent, options)
+        _agent_voice(engine, by_agent, options), text_report(engine, by_agent, options)
     )
     voice_cols = ("answered", "asa", "aht", "avg_talk", "avg_hold", "avg_wrap")
     text_cols = ("conversations", "avg_first_response", "messages", "avg_resolution")

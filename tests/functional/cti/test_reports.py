@@ -394,6 +394,19 @@ async def check_figures(svc: Services, sc: Scenario) -> None:
         50.0,
     )
     assert (rows["agent2"]["voice_answered"], rows["agent2"]["text_conversations"]) == (1, None)
+    # The agents report folds only what it shows: the same figures as the voice report.
+    voice_by_agent = await voice_report(engine, period("agent"), OPTIONS)
+    voice_cols = ("answered", "asa", "aht", "avg_talk", "avg_hold", "avg_wrap")
+    assert {r["agent"]: {k: r[f"voice_{k}"] for k in voice_cols} for r in agents.rows} == {
+        r["agent"]: {k: r[k] for k in voice_cols} for r in voice_by_agent.rows
+    } | {
+        r["agent"]: dict.fromkeys(voice_cols)
+        for r in agents.rows
+        if r["voice_aht"] is None and r["voice_answered"] is None
+    }
+    assert {k: agents.totals[f"voice_{k}"] for k in voice_cols} == {
+        k: voice_by_agent.totals[k] for k in voice_cols
+    }
 
 
 async def test_every_figure_of_a_known_scenario(services: Services) -> None:

@@ -1,7 +1,7 @@
 """History write benchmark: the batching HistoryWriter against one ORM commit per event.
 
     .venv/bin/python -m bench.history_writes [--events N] [--baseline-events M]
-                                              [--rounds R] [--batch B]
+                                              [--rounds R] [--batch B] [--core]
 
 For SQLite (WAL, synchronous=NORMAL as the server runs it, file in a temp dir)
 and PostgreSQL 15 (a throwaway cluster from bench.pg_cluster, default
@@ -10,6 +10,7 @@ durability), in the same run:
     writer accepts them, then flush(); events/s from the first add to the end
     of the flush (every row committed);
   * baseline: M events, each in its own ORM session and transaction;
+  * with --core, the writer's previous path (a Core insert executemany) too;
 R rounds alternating the two (a loaded host is noisy): medians and the ratio
 of the medians. Targets: >= 20,000/s SQLite, >= 10,000/s PostgreSQL.
 The event mix is what the server writes: call events with a dedup key and a
@@ -92,21 +93,25 @@ async def bench_db(name: str, url: str, args: argparse.Namespace) -> tuple[float
         )
     sessions = sessionmaker(engine)
     batched: list[float] = []
+    core: list[float] = []
     single: list[float] = []
     expected = 0
     batches = 0
     for r in range(args.rounds):
-        writer = HistoryWriter(engine, batch=args.batch)
-        writer.start()
-        entries = make_entries(args.events, f"batched{r}")
-        t0 = time.perf_counter()
-        for entry in entries:
-            await writer.add(entry)
-        await writer.flush()
-        batched.append(len(entries) / (time.perf_counter() - t0))
-        batches += writer.batches
-        await writer.close()
-        expected += args.events
+        for raw, rates in ((True, batched), (False, core)):
+            if not raw and not args.core:
+                continue
+            writer = HistoryWriter(engine, batch=args.batch, raw=raw)
+            writer.start()
+            entries = make_entries(args.events, f"batched{r}{raw}")
+            t0 = time.perf_counter()
+            for entry in entries:
+                await writer.add(entry)
+            await writer.flush()
+            rates.append(len(entries) / (time.perf_counter() - t0))
+            batches += writer.batches
+            await writer.close()
+            expected += args.events
 
         base_entries = distinct_entries(args.baseline_events, f"single{r}")
         t0 = time.perf_counter()
@@ -131,6 +136,13 @@ async def bench_db(name: str, url: str, args: argparse.Namespace) -> tuple[float
         f"\n{'':10s} ratio x{b / s:.1f}",
         flush=True,
     )
+    if core:
+        c = statistics.median(core)
+        print(
+            f"{'':10s} Core-insert writer (the previous path) median {c:10,.0f} events/s "
+            f"(rounds {', '.join(f'{x:,.0f}' for x in core)}); raw/Core x{b / c:.2f}",
+            flush=True,
+        )
     return b, s
 
 
@@ -153,6 +165,11 @@ def main() -> None:
     parser.add_argument("--baseline-events", type=int, default=2_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=HISTORY_BATCH)
+    parser.add_argument(
+        "--core",
+        action="store_true",
+        help="also time the Core-insert writer (HistoryWriter(raw=False)), alternating",
+    )
     raise SystemExit(asyncio.run(main_async(parser.parse_args())))
 
 

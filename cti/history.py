@@ -4,12 +4,14 @@ Theory of operation: producers call ``add()`` (never waits unless the bounded
 queue is full) and go on; one writer task takes the first pending entry,
 gathers whatever else arrives within ``flush_interval`` up to ``batch`` rows
 (no wait when a full batch is already queued),
-and inserts them in ONE transaction: a Core ``insert()`` executemany of plain
-dicts (no ORM objects; Python-side column defaults still apply per row) with
-``ON CONFLICT DO NOTHING`` so a change delivered twice (a PBX resync) is
-recorded once. On PostgreSQL the clause has no conflict target, so it holds
-for any unique index or dedup trigger on the (possibly partitioned) table; on
-SQLite it names the dedup_key index. If the
+and inserts them in ONE transaction as prepared SQL with plain values (each
+row carries its report columns, so no column default is left to SQLAlchemy):
+SQLite an executemany ``ON CONFLICT (dedup_key) DO NOTHING``; PostgreSQL ONE
+``INSERT ... SELECT FROM unnest(<one array per column>)`` and, when the table
+is partitioned (cti.partitions), the batch's dedup keys claimed first in ONE
+statement, so a change delivered twice (a PBX resync) is recorded once either
+way. ``raw=False`` keeps the former Core ``insert()`` executemany (measured
+against in bench.history_writes --core). If the
 database fails, the batch is kept and retried after a pause: nothing is lost.
 A batch that violates a constraint is retried row by row so one bad row
 cannot sink the others. ``flush()`` waits until everything added before the
@@ -32,11 +34,12 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import json
 import logging
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -55,11 +58,12 @@ from sqlalchemy import (
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from cti.errors import InvalidInput
 from cti.models import Customer, HistoryEvent, utcnow
-from cti.reports.columns import report_values
+from cti.partitions import CLAIMED_SETTING, DEDUP_TABLE
+from cti.reports.columns import REPORT_COLUMNS, report_values
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +145,7 @@ class HistoryWriter:
         flush_interval: float = 0.05,
         max_pending: int = 100_000,
         retry_pause: float = 1.0,
+        raw: bool = True,
     ) -> None:
         self._engine = engine
         self._batch = batch
@@ -154,6 +159,12 @@ class HistoryWriter:
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self._statement = insert_statement(engine.dialect.name)
+        self._dialect = engine.dialect.name
+        # raw: the batch goes to the driver as prepared SQL with plain values
+        # (see SQLITE_INSERT / pg_insert); False: the Core insert (kept to
+        # measure against, bench.history_writes --core).
+        self._raw = raw
+        self._claims: bool | None = None  # PostgreSQL: history_dedup exists (partitioned)
 
     def start(self) -> None:
         if self._task is None:
@@ -241,7 +252,123 @@ class HistoryWriter:
 
     async def _insert(self, rows: Sequence[HistoryEntry]) -> None:
         async with self._engine.begin() as conn:
-            await conn.execute(self._statement, [r.row() for r in rows])
+            if not self._raw:
+                await conn.execute(self._statement, [r.row() for r in rows])
+            elif self._dialect == "sqlite":
+                await conn.exec_driver_sql(SQLITE_INSERT, [sqlite_params(r) for r in rows])
+            else:
+                if self._claims is None:
+                    found = await conn.exec_driver_sql(
+                        f"SELECT to_regclass('{DEDUP_TABLE}') IS NOT NULL"
+                    )
+                    self._claims = bool(found.scalar())
+                await pg_insert(conn, rows, claim=self._claims)
+
+
+# The batch INSERTs as the driver runs them. Values are what SQLAlchemy's
+# column types would bind (same text for SQLite datetimes and JSON, so reads,
+# keyset comparisons and reports cannot tell the paths apart); report columns
+# come from HistoryEntry.row() (report_values), so no Python-side default is
+# skipped. Profiled on SQLite: SQLAlchemy's per-row parameter processing
+# (type processors, default handling, dict->tuple) was most of the writer's CPU.
+_ROW_COLUMNS = (
+    "customer_id",
+    "conversation_id",
+    "kind",
+    "channel",
+    "occurred_at",
+    "payload",
+    "dedup_key",
+    *REPORT_COLUMNS,
+)
+_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's SQLite DATETIME storage format
+SQLITE_INSERT = (
+    f"INSERT INTO history_events ({', '.join(_ROW_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _ROW_COLUMNS)}) ON CONFLICT (dedup_key) DO NOTHING"
+)
+
+
+def _utc(at: datetime) -> datetime:
+    if at.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    return at.astimezone(UTC)
+
+
+def sqlite_params(entry: HistoryEntry) -> tuple[Any, ...]:
+    payload = entry.payload
+    return (
+        entry.customer_id,
+        entry.conversation_id,
+        entry.kind,
+        entry.channel,
+        _utc(entry.occurred_at).strftime(_SQLITE_TIME),
+        json.dumps(payload),
+        entry.dedup_key,
+        *report_values(payload).values(),
+    )
+
+
+_PG_TYPES = (
+    "bigint",
+    "bigint",
+    "text",
+    "text",
+    "timestamptz",
+    "text",
+    "text",
+    *("float8" for _ in REPORT_COLUMNS),
+)
+# ONE statement for the whole batch: each column is an array parameter and
+# unnest() turns them back into rows (asyncpg's executemany sends one
+# Bind/Execute per row). No conflict target: the plain table's UNIQUE
+# (dedup_key) or, partitioned, the claim trigger (when not claimed below).
+PG_INSERT = (
+    f"INSERT INTO history_events ({', '.join(_ROW_COLUMNS)}) "
+    f"SELECT {', '.join('payload::json' if c == 'payload' else c for c in _ROW_COLUMNS)} "
+    f"FROM unnest({', '.join(f'${i}::{t}[]' for i, t in enumerate(_PG_TYPES, 1))}) "
+    f"AS t({', '.join(_ROW_COLUMNS)}) ON CONFLICT DO NOTHING"
+)
+# Partitioned table: the batch's keys claimed in ONE statement; the rows whose
+# key was taken (earlier, or by an earlier row of this batch) are left out.
+PG_CLAIM = (
+    f"INSERT INTO {DEDUP_TABLE} (dedup_key) SELECT unnest($1::text[]) "
+    "ON CONFLICT DO NOTHING RETURNING dedup_key"
+)
+PG_CLAIMED = f"SELECT set_config('{CLAIMED_SETTING}', 'on', true)"
+
+
+async def pg_insert(conn: AsyncConnection, rows: Sequence[HistoryEntry], *, claim: bool) -> None:
+    """One batch into PostgreSQL, inside the caller's transaction."""
+    if claim:
+        keys = [r.dedup_key for r in rows if r.dedup_key is not None]
+        if keys:
+            await conn.exec_driver_sql(PG_CLAIMED)
+            claimed = set((await conn.exec_driver_sql(PG_CLAIM, (keys,))).scalars())
+            kept = []
+            for r in rows:
+                if r.dedup_key is None:
+                    kept.append(r)
+                elif r.dedup_key in claimed:
+                    claimed.discard(r.dedup_key)  # a second row with it in this batch: left out
+                    kept.append(r)
+            rows = kept
+    if not rows:
+        return
+    columns: list[list[Any]] = [[] for _ in _ROW_COLUMNS]
+    for r in rows:
+        values = (
+            r.customer_id,
+            r.conversation_id,
+            r.kind,
+            r.channel,
+            _utc(r.occurred_at),
+            json.dumps(r.payload),
+            r.dedup_key,
+            *report_values(r.payload).values(),
+        )
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    await conn.exec_driver_sql(PG_INSERT, tuple(columns))
 
 
 def insert_statement(dialect: str) -> Any:

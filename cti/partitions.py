@@ -21,7 +21,10 @@ the row (returns NULL) when the key was already claimed. Two concurrent
 inserts of one key serialize on that primary key; a rolled back claim frees
 the key. Deleting a row releases its key (so the Idempotency-Key claim of a
 failed reply can be retried); changing a row's key to a taken one fails with a
-unique violation, as before. Retention releases the keys of the partitions it
+unique violation, as before. The batch writer (cti.history) claims a batch's
+keys itself in ONE statement and sets ``cti.dedup_claimed`` for its
+transaction, which the trigger's WHEN clause reads to skip the per-row claim;
+every other inserter keeps the trigger path. Retention releases the keys of the partitions it
 drops.
 
 Retention (``cti db retention --keep-months N``): on PostgreSQL whole month
@@ -64,6 +67,10 @@ SQLITE_BATCH = 5000
 LOCK_KEY = 0x6374697061727473
 _NAME = re.compile(rf"^{TABLE}_p(\d{{4}})(\d{{2}})$")
 
+# Set (SET LOCAL ... 'on') by a writer that has claimed its rows' keys in
+# history_dedup itself: the claim trigger then lets the rows through.
+CLAIMED_SETTING = "cti.dedup_claimed"
+
 DEDUP_DDL = (
     f"CREATE TABLE IF NOT EXISTS {DEDUP_TABLE} (dedup_key varchar(200) COLLATE \"C\" PRIMARY KEY)",
     f"""CREATE OR REPLACE FUNCTION {DEDUP_TABLE}_claim() RETURNS trigger
@@ -94,8 +101,12 @@ DEDUP_DDL = (
     END $$""",
 )
 DEDUP_TRIGGERS = (
+    # A batch writer that claimed its keys itself in one statement (cti.history)
+    # sets cti.dedup_claimed for its transaction: the per-row claim is skipped.
     f"""CREATE TRIGGER {DEDUP_TABLE}_claim BEFORE INSERT ON {TABLE}
-    FOR EACH ROW WHEN (NEW.dedup_key IS NOT NULL) EXECUTE FUNCTION {DEDUP_TABLE}_claim()""",
+    FOR EACH ROW WHEN (NEW.dedup_key IS NOT NULL
+        AND current_setting('{CLAIMED_SETTING}', true) IS DISTINCT FROM 'on')
+    EXECUTE FUNCTION {DEDUP_TABLE}_claim()""",
     f"""CREATE TRIGGER {DEDUP_TABLE}_release AFTER DELETE ON {TABLE}
     FOR EACH ROW WHEN (OLD.dedup_key IS NOT NULL) EXECUTE FUNCTION {DEDUP_TABLE}_release()""",
     f"""CREATE TRIGGER {DEDUP_TABLE}_rekey BEFORE UPDATE OF dedup_key ON {TABLE}

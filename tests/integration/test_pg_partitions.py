@@ -267,6 +267,56 @@ async def test_writer_dedup_maintenance_and_retention(engine: AsyncEngine) -> No
     assert await scalar(engine, "SELECT count(*) FROM history_dedup") == 12 - 3 + 1
 
 
+async def test_batch_claims_keys_in_one_statement(engine: AsyncEngine) -> None:
+    """The writer's batch path: keys claimed up front, the trigger told to skip."""
+    await migrate(engine)
+    await ensure_partitions(engine, now=NOW)
+    customer = await add_customer(engine)
+    await insert_raw(engine, customer, NOW - timedelta(days=40), "taken")  # trigger path
+    batch = [
+        HistoryEntry(customer, "note", "sms", {"n": 1}, occurred_at=NOW, dedup_key="twice"),
+        HistoryEntry(customer, "note", "sms", {"n": 2}, occurred_at=NOW, dedup_key="taken"),
+        HistoryEntry(customer, "note", "sms", {"n": 3}, occurred_at=NOW),
+        HistoryEntry(customer, "note", "sms", {"n": 4}, occurred_at=NOW, dedup_key="twice"),
+        HistoryEntry(customer, "note", "sms", {"n": 5, "wait": 7}, occurred_at=NOW),
+        # customer 0 does not exist: the batch fails, its claims roll back, row by row follows
+        HistoryEntry(0, "note", "sms", {"n": 6}, occurred_at=NOW, dedup_key="orphan"),
+    ]
+    writer = HistoryWriter(engine, batch=50, flush_interval=0.01)
+    writer.start()
+    try:
+        await writer.add_many(batch)
+        await writer.flush()
+    finally:
+        await writer.close()
+    found = await rows(
+        engine,
+        "SELECT payload->>'n', dedup_key, wait_s FROM history_events "
+        "WHERE occurred_at = '2026-11-23 12:00+00' ORDER BY id",
+    )
+    assert [tuple(r) for r in found] == [("1", "twice", None), ("3", None, None), ("5", None, 7.0)]
+    assert await count_key(engine, "taken") == 1
+    # The failed row's key was not left claimed; every kept key is.
+    keys = await rows(engine, "SELECT dedup_key FROM history_dedup ORDER BY 1")
+    assert [r[0] for r in keys] == ["taken", "twice"]
+    # The skip setting was for the writer's transaction only: plain inserts on
+    # the pool's connections still claim (and dedup) through the trigger.
+    for _ in range(3):
+        await insert_raw(engine, customer, NOW, "twice")
+        await insert_raw(engine, customer, NOW, "fresh")
+    assert await count_key(engine, "twice") == 1 and await count_key(engine, "fresh") == 1
+    # The Core path (per-row trigger) still agrees with the batch path.
+    core = HistoryWriter(engine, flush_interval=0.01, raw=False)
+    core.start()
+    try:
+        await core.add_many(batch[:4])
+        await core.flush()
+    finally:
+        await core.close()
+    assert await count_key(engine, "twice") == 1 and await count_key(engine, "taken") == 1
+    assert await scalar(engine, "SELECT count(*) FROM history_events WHERE dedup_key IS NULL") == 3
+
+
 async def test_server_context_creates_the_coming_months(engine: AsyncEngine) -> None:
     await migrate(engine)
     coming = partition_name(add_months(month_start(datetime.now(UTC)), 3))

@@ -18,13 +18,14 @@ deflected``, so reports never count it as abandoned.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Executable, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cti.agents import AgentService
@@ -54,6 +55,80 @@ MAX_CALL_IDS = 10_000
 
 MAX_DEFLECTED_MEMO = 10_000
 ANONYMOUS = {"", "anonymous", "unknown", "restricted", "<unknown>"}
+
+
+class _Updates:
+    """Group commit of the bookkeeping UPDATEs of every call: one writer task.
+
+    Concurrent calls each needed their own write transaction (queue, owner,
+    status); on SQLite they queued for its one write lock, each parking a pool
+    connection in the busy handler, and a call's screen-pop waited behind its
+    own CallQueued UPDATE in its lane. Here every UPDATE submitted while a
+    batch is being written goes into the next batch: one transaction for all
+    of them, in submission order (so a call's updates land in its order). A
+    batch that fails is retried one statement per transaction, so one bad
+    statement fails only its own caller.
+    """
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+        self._pending: list[tuple[Executable, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.statements = 0
+
+    def submit(self, stmt: Executable) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((stmt, fut))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="calls-updates")
+        return fut
+
+    def later(self, stmt: Executable, what: str) -> None:
+        """Write-behind: nobody waits; a failure is logged."""
+
+        def done(fut: asyncio.Future[None]) -> None:
+            if not fut.cancelled() and (exc := fut.exception()) is not None:
+                log.error("could not write %s: %s", what, exc)
+
+        self.submit(stmt).add_done_callback(done)
+
+    async def _run(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            self.batches += 1
+            self.statements += len(batch)
+            try:
+                async with self._sessions() as session, session.begin():
+                    for stmt, _ in batch:
+                        await session.execute(stmt)
+            except asyncio.CancelledError:
+                for _, fut in batch + self._pending:
+                    fut.cancel()
+                raise
+            except Exception as exc:
+                if len(batch) > 1:
+                    await self._one_by_one(batch)
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def _one_by_one(self, batch: list[tuple[Executable, asyncio.Future[None]]]) -> None:
+        """After a failed batch: each statement alone; the failing ones keep theirs."""
+        for stmt, fut in batch:
+            try:
+                async with self._sessions() as session, session.begin():
+                    await session.execute(stmt)
+            except Exception as exc:
+                if not fut.done():
+                    fut.set_exception(exc)
+            else:
+                if not fut.done():
+                    fut.set_result(None)
 
 
 def _at(ts: float) -> datetime:
@@ -88,6 +163,7 @@ class CallHandler:
         # each is awaited after the call bookkeeping, in order; one failing is logged.
         self.listeners: list[Callable[[Change], Awaitable[None]]] = []
         self._deflected: dict[str, int] = {}  # call_id -> text conversation (memo)
+        self._updates = _Updates(sessions)
 
     async def handle(self, change: Change) -> None:
         call_id: str | None = getattr(change, "call_id", None)
@@ -238,10 +314,14 @@ class CallHandler:
 
     async def _set_queue(self, conv: Conversation, queue: str) -> None:
         if conv.queue != queue:
-            async with self._sessions() as session, session.begin():
-                await session.execute(
-                    update(Conversation).where(Conversation.id == conv.id).values(queue=queue)
-                )
+            # Write-behind: the call's next change (often its CallOffered, the
+            # screen-pop, milliseconds later) does not wait for this write; the
+            # cached conversation has the queue now, and the call's later
+            # updates go through the same ordered batches after it.
+            self._updates.later(
+                update(Conversation).where(Conversation.id == conv.id).values(queue=queue),
+                f"the queue of conversation {conv.id}",
+            )
             conv.queue = queue
 
     async def _record(
@@ -309,12 +389,11 @@ class CallHandler:
             return
         agent = await self._agents.by_endpoint(change.agent_interface)
         if agent is not None:
-            async with self._sessions() as session, session.begin():
-                await session.execute(
-                    update(Conversation)
-                    .where(Conversation.id == conv.id, Conversation.status != "closed")
-                    .values(owner_id=agent.id, status="assigned")
-                )
+            await self._updates.submit(
+                update(Conversation)
+                .where(Conversation.id == conv.id, Conversation.status != "closed")
+                .values(owner_id=agent.id, status="assigned")
+            )
             if conv.status != "closed":  # the cached copy follows the row
                 conv.owner_id = agent.id
                 conv.status = "assigned"
@@ -340,12 +419,11 @@ class CallHandler:
         if conv is None:
             return
         status = "wrapup" if conv.owner_id is not None else "closed"
-        async with self._sessions() as session, session.begin():
-            await session.execute(
-                update(Conversation)
-                .where(Conversation.id == conv.id, Conversation.status.in_(("queued", "assigned")))
-                .values(status=status, closed_at=_at(change.at) if status == "closed" else None)
-            )
+        await self._updates.submit(
+            update(Conversation)
+            .where(Conversation.id == conv.id, Conversation.status.in_(("queued", "assigned")))
+            .values(status=status, closed_at=_at(change.at) if status == "closed" else None)
+        )
         d = change.durations
         deflected_to = await self.deflected_to(change.call_id)
         outcome = {"outcome": "deflected", "deflected_to": deflected_to} if deflected_to else {}

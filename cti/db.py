@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -11,6 +12,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
@@ -26,7 +28,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, *, ping_after_idle: float | None = None) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -34,6 +36,8 @@ def create_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 10})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
+    if ping_after_idle is None:
+        ping_after_idle = PING_AFTER_IDLE
     connect_args: dict[str, Any] = {}
     if parsed.get_driver_name() == "asyncpg":
         # Statements are prepared once per connection; after 5 runs PostgreSQL
@@ -42,9 +46,39 @@ def create_engine(url: str) -> AsyncEngine:
         # them and a sort instead of a LIMITed backward index scan (measured:
         # 1.2 ms -> 12 ms). A custom plan per execution costs well under 1 ms.
         connect_args["server_settings"] = {"plan_cache_mode": "force_custom_plan"}
-    return create_async_engine(
-        url, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args=connect_args
-    )
+    engine = create_async_engine(url, pool_size=10, max_overflow=10, connect_args=connect_args)
+    _ping_when_idle(engine, ping_after_idle)
+    return engine
+
+
+# A pooled connection idle this long is pinged before use (a database restart
+# or failover leaves dead ones in the pool). Not every checkout: pool_pre_ping
+# is one more round trip per request, measured on a loaded 2-core host as
+# timeline p50 6.07 -> 4.17 ms and p99 31.6 -> 16.6 ms without it. The cost:
+# a connection killed less than PING_AFTER_IDLE after its last use fails its
+# next statement once (SQLAlchemy then invalidates the pool's older
+# connections); the history writer retries such a batch, nothing is lost.
+PING_AFTER_IDLE = 5.0
+
+
+def _ping_when_idle(engine: AsyncEngine, after: float) -> None:
+    dialect = engine.sync_engine.dialect
+
+    def checkin(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info["idle_since"] = time.monotonic()
+
+    def checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since < after:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # any failure: a new connection instead
+            raise DisconnectionError(f"idle connection failed its ping: {exc}") from exc
+
+    event.listen(engine.sync_engine.pool, "checkin", checkin)
+    event.listen(engine.sync_engine.pool, "checkout", checkout)
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

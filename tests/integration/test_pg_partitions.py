@@ -317,6 +317,23 @@ async def test_batch_claims_keys_in_one_statement(engine: AsyncEngine) -> None:
     assert await scalar(engine, "SELECT count(*) FROM history_events WHERE dedup_key IS NULL") == 3
 
 
+async def test_idle_pooled_connection_killed_by_the_server_is_replaced(pg_url: str) -> None:
+    """No ping per checkout (cti.db): an idle connection is pinged, a dead one replaced."""
+    engine = create_engine(pg_url, ping_after_idle=0.0)
+    other = create_engine(pg_url)
+    try:
+        async with engine.connect() as conn:
+            pid = await conn.scalar(text("SELECT pg_backend_pid()"))
+        async with other.connect() as conn:
+            assert await conn.scalar(text(f"SELECT pg_terminate_backend({pid})")) is True
+        async with engine.connect() as conn:  # the dead one failed its ping
+            assert await conn.scalar(text("SELECT pg_backend_pid()")) != pid
+        assert engine.sync_engine.pool.checkedout() == 0
+    finally:
+        await engine.dispose()
+        await other.dispose()
+
+
 async def test_server_context_creates_the_coming_months(engine: AsyncEngine) -> None:
     await migrate(engine)
     coming = partition_name(add_months(month_start(datetime.now(UTC)), 3))

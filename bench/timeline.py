@@ -1,7 +1,7 @@
 """Customer timeline at scale: the latest 50 events of a customer among --rows history rows.
 
     .venv/bin/python -m bench.timeline [--rows 10000000] [--customers 1000000] [--queries 2000]
-                                       [--only sqlite|postgresql]
+                                       [--only sqlite|postgresql] [--ping]
 
 Calls ``cti.history.timeline`` (exactly what ``GET /api/v1/customers/{id}/history``
 runs: merged family + keyset page, Core selects; on SQLite one hop to the
@@ -378,7 +378,74 @@ async def run_postgresql(args: argparse.Namespace) -> float:
     return p99
 
 
+async def pool_ping(rounds: int = 6, reads: int = 300) -> None:
+    """--ping: timeline latency with a ping on every checkout (pool_pre_ping, the
+    former cti.db) against cti.db's ping-when-idle, alternating rounds, 40k rows
+    over 200 customers on a throwaway PostgreSQL."""
+    from datetime import timedelta
+
+    from sqlalchemy import insert
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from bench.pg_cluster import pg_cluster
+    from cti.db import create_engine, migrate, sessionmaker
+    from cti.history import HistoryEntry, HistoryWriter, timeline
+    from cti.models import Customer, utcnow
+
+    with pg_cluster() as url:
+        eng = create_engine(url)
+        await migrate(eng)
+        async with eng.begin() as conn:
+            await conn.execute(
+                insert(Customer), [{"id": i, "name": f"c{i}"} for i in range(1, 201)]
+            )
+        writer = HistoryWriter(eng, batch=2000)
+        writer.start()
+        t = utcnow() - timedelta(days=1)
+        await writer.add_many(
+            HistoryEntry(
+                1 + i % 200,
+                "note",
+                "sms",
+                {"text": "x" * 40, "wait": 3},
+                occurred_at=t + timedelta(seconds=i),
+            )
+            for i in range(40_000)
+        )
+        await writer.flush()
+        await writer.close()
+        await eng.dispose()
+        settings = {"server_settings": {"plan_cache_mode": "force_custom_plan"}}
+        engines = {
+            "ping every checkout (before)": create_async_engine(
+                url, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args=settings
+            ),
+            "ping when idle (cti.db)": create_engine(url),
+        }
+        lat: dict[str, list[float]] = {k: [] for k in engines}
+        rng = random.Random(1)
+        for _ in range(rounds):
+            for name, engine in engines.items():
+                sessions = sessionmaker(engine)
+                for _ in range(reads):
+                    t0 = time.perf_counter()
+                    page, _ = await timeline(sessions, rng.randint(1, 200), limit=50)
+                    lat[name].append((time.perf_counter() - t0) * 1000)
+                    assert len(page) == 50
+        for name, xs in lat.items():
+            xs.sort()
+            print(
+                f"{name}: p50 {xs[len(xs) // 2]:.2f} ms p99 {xs[int(len(xs) * 0.99)]:.2f} ms"
+                f" max {xs[-1]:.2f} ms (n={len(xs)})"
+            )
+        for engine in engines.values():
+            await engine.dispose()
+
+
 async def main_async(args: argparse.Namespace) -> int:
+    if args.ping:
+        await pool_ping()
+        return 0
     results = {}
     if args.only in (None, "sqlite"):
         results["sqlite"] = await run_sqlite(args)
@@ -397,6 +464,7 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--only", choices=("sqlite", "postgresql"), default=None)
+    parser.add_argument("--ping", action="store_true", help="only the pool ping comparison")
     raise SystemExit(asyncio.run(main_async(parser.parse_args())))
 
 

@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
-from cti.history import HistoryEntry, ReadDeclined, StoredEvent, sqlite_reader, timeline
+from cti.history import (
+    HistoryEntry,
+    HistoryWriter,
+    ReadDeclined,
+    StoredEvent,
+    sqlite_reader,
+    timeline,
+)
 from cti.models import HistoryEvent
 from cti.services import Services
 from tests.functional.cti.conftest import Api
@@ -166,3 +174,39 @@ async def test_sqlite_reader_closes_with_its_engine(services: Services, db_url: 
     await services.engine.dispose()
     again = sqlite_reader(services.engine)
     assert again is not None and again is not reader
+
+
+async def test_raw_batch_rows_match_the_core_insert(services: Services) -> None:
+    """The writer's driver-level batch stores exactly what the Core insert stores."""
+    customer = await services.customers.new_anonymous("raw")
+    at = datetime(2026, 3, 1, 12, 30, 5, tzinfo=UTC) + timedelta(microseconds=7)
+    payload = {"text": "Привет <b>&</b>", "wait": 12, "talk": 3.5, "hold": True, "n": [1, None]}
+    for raw in (True, False):
+        writer = HistoryWriter(services.engine, flush_interval=0.01, raw=raw)
+        writer.start()
+        try:
+            entry = HistoryEntry(customer.id, "call_ended", "voice", payload, occurred_at=at)
+            await writer.add(replace(entry, dedup_key=f"same-{raw}"))
+            await writer.add(replace(entry, dedup_key=f"same-{raw}"))  # once only
+            await writer.add(
+                replace(entry, occurred_at=at.astimezone(timezone(timedelta(hours=3))))
+            )
+            await writer.flush()
+        finally:
+            await writer.close()
+    async with services.engine.connect() as conn:
+        stored = (
+            await conn.execute(
+                text(
+                    "SELECT CAST(occurred_at AS TEXT), CAST(payload AS TEXT), wait_s, talk_s,"
+                    " hold_s, ring_s, kind, channel, conversation_id, dedup_key IS NULL"
+                    " FROM history_events WHERE customer_id = :c ORDER BY id"
+                ),
+                {"c": customer.id},
+            )
+        ).all()
+    assert len(stored) == 4
+    assert stored[0] == stored[2] and stored[1] == stored[3]
+    assert stored[0][:-1] == stored[1][:-1] and stored[0][2:6] == (12.0, 3.5, None, None)
+    page, _ = await timeline(services.sessions, customer.id)
+    assert {e.payload == payload and e.occurred_at == at for e in page} == {True}

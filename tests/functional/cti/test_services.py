@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -54,6 +55,27 @@ async def test_concurrent_first_contacts_make_one_customer(services: Services) -
     assert len({c.id for c, _ in results}) == 1
     assert sum(created for _, created in results) == 1
 
+
+async def test_card_created_while_the_same_number_calls_is_a_conflict_not_a_crash(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """POST /customers races the provisional customer of an incoming call: the
+    call's identify() lands between the card's check and its commit. The card
+    gets the same 409 as when the number was known before (it was a 500)."""
+    customers = services.customers
+    check = customers._refuse_taken
+    called: list[Any] = []
+
+    async def check_then_the_call_comes(session: Any, idents: Any) -> None:
+        await check(session, idents)
+        if not called:
+            called.append(await customers.identify("phone", "+79035551234"))
+
+    monkeypatch.setattr(customers, "_refuse_taken", check_then_the_call_comes)
+    with pytest.raises(Conflict) as refused:
+        await customers.create("Card", [ContactInput("phone", "8 903 555-12-34")])
+    (found, created), = called
+    assert created and refused.value.details["customer_id"] == found.id
 
 async def test_link_merges_provisional_and_undo_restores(services: Services) -> None:
     known = await services.customers.create(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import time
+import warnings
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -65,12 +67,47 @@ def keep_logs(pbx: LabPbx, label: str) -> None:
             shutil.copyfile(path, target / path.name)
 
 
+SHARED_LAB = pytest.StashKey[LabPbx]()
+
+
+def _channel_count(pbx: LabPbx) -> int:
+    match = re.search(r"(\d+) active channels?", pbx.cli("core show channels count"))
+    return int(match.group(1)) if match else 0
+
+
+@pytest.fixture(autouse=True)
+def no_call_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test, no call stays on the shared lab PBX.
+
+    A test that stops a SIPp caller by signal leaves its call in Asterisk (no
+    BYE is sent, and the lab has no RTP timeout); the next test would find an
+    extra caller waiting in its queue. Whatever is left is hung up here, and
+    the test is told why it would have leaked.
+    """
+    yield
+    if "lab_pbx" not in request.fixturenames:
+        return
+    pbx = request.session.stash.get(SHARED_LAB, None)
+    if pbx is None or not pbx.is_running():
+        return
+    try:
+        if _channel_count(pbx) == 0:
+            return
+        pbx.cli("channel request hangup all")
+        deadline = time.monotonic() + 10.0
+        while _channel_count(pbx) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    except LabPbxError as exc:
+        warnings.warn(f"could not clear the shared lab PBX's calls: {exc}", stacklevel=1)
+
+
 @pytest.fixture(scope="session")
 def lab_pbx(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LabPbx]:
     """The shared lab Asterisk: agents agent1..agent4, queues support and sales."""
     pbx = start_lab_pbx(LabPbx(tmp_path_factory.mktemp("lab-pbx")))
+    request.session.stash[SHARED_LAB] = pbx
     try:
         yield pbx
     finally:

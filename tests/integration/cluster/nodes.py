@@ -50,7 +50,10 @@ async def until(what: str, check: Callable[[], Awaitable[bool]], within: float =
     deadline = time.monotonic() + within
     while not await check():
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within:g} s waiting for {what}")
+            # AssertionError, not pytest.fail(): that raises a BaseException, which
+            # inside a coroutine left the event loop of an async test hanging
+            # until pytest-timeout (180 s) in CI.
+            raise AssertionError(f"timed out after {within:g} s waiting for {what}")
         await asyncio.sleep(every)
 
 

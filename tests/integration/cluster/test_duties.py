@@ -135,8 +135,11 @@ async def test_duties_run_once_hand_over_and_follow_eligibility(redis_url: str) 
 
         return run
 
+    # One client per node, as in real nodes: cancelling A's lease task mid-command
+    # must not touch the connections B's lease uses.
+    client_b = aioredis.from_url(redis_url.rsplit("/", 1)[0] + "/12", socket_timeout=2)
     a = Duties("A", client, ttl=1.0, renew_every=0.1)
-    b = Duties("B", client, ttl=1.0, renew_every=0.1)
+    b = Duties("B", client_b, ttl=1.0, renew_every=0.1)
     eligible = {"B": False}
     try:
         await a.add("job", step("A+"), step("A-"))
@@ -157,6 +160,7 @@ async def test_duties_run_once_hand_over_and_follow_eligibility(redis_url: str) 
         await a.close()
         await b.close()
         await client.aclose()
+        await client_b.aclose()
 
 
 async def _true(value: bool) -> bool:

@@ -32,9 +32,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import redis.asyncio as aioredis
-
 from cti.cluster.hub import ClusterHub
+from cti.cluster.redis_client import connect_redis
 from cti.hub import EventHub, Subscription
 
 POP_BODY = {
@@ -147,8 +146,8 @@ async def main_async(args: argparse.Namespace) -> int:
     local_rate = await throughput(local, local, args.events)
     local_lat = await latencies(local, local, args.pops)
     with redis_server() as url:
-        client_a = aioredis.from_url(url, socket_timeout=5)
-        client_b = aioredis.from_url(url, socket_timeout=5)
+        client_a = connect_redis(url, timeout=5)
+        client_b = connect_redis(url, timeout=5)
         node_a = ClusterHub("A", replay=500, queue_size=QUEUE)
         node_b = ClusterHub("B", replay=500, queue_size=QUEUE)
         await node_a.start(client_a, batch=args.batch)

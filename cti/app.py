@@ -65,9 +65,9 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     if not url:
         yield
         return
-    import redis.asyncio as aioredis
+    from cti.cluster.redis_client import connect_redis
 
-    client = aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    client = connect_redis(url)
     services.redis = client
 
     async def probe() -> dict[str, Any]:

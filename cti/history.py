@@ -195,7 +195,8 @@ class HistoryWriter:
             return
         if not self._task.done():
             try:
-                await asyncio.wait_for(self.flush(), timeout=30)
+                async with asyncio.timeout(30):
+                    await self.flush()
             except (RuntimeError, TimeoutError):
                 lost = self._queue.qsize() + len(self._inflight)
                 log.error("history writer stopped with %d events not written", lost)

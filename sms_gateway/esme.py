@@ -401,10 +401,9 @@ class SmppClient:
             self._was_bound = False
             self._state = "connecting"
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.config.host, self.config.port),
-                    self.config.connect_timeout,
-                )
+                async with asyncio.timeout(self.config.connect_timeout):
+                    reader, writer = await asyncio.open_connection(
+                        self.config.host, self.config.port)
             except (OSError, TimeoutError) as exc:
                 self._note_error(f"connect failed: {exc!r}", warn=previous != "down")
                 self._state = "down"
@@ -447,7 +446,8 @@ class SmppClient:
         self._pending_resp.clear()
         writer.close()
         with contextlib.suppress(OSError, TimeoutError):
-            await asyncio.wait_for(writer.wait_closed(), 2.0)
+            async with asyncio.timeout(2.0):
+                await writer.wait_closed()
 
     def _requeue_inflight(self) -> None:
         if not self._inflight:
@@ -472,7 +472,8 @@ class SmppClient:
         self._pending_resp[seq] = fut
         try:
             self._write(P.Pdu(command_id, seq, body=body))
-            return await asyncio.wait_for(fut, self.config.response_timeout)
+            async with asyncio.timeout(self.config.response_timeout):
+                return await fut
         finally:
             self._pending_resp.pop(seq, None)
 

@@ -297,12 +297,14 @@ class EventBus:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._up_event.wait(), within)
+            async with asyncio.timeout(within):
+                await self._up_event.wait()
 
     async def stop(self, flush_within: float = 2.0) -> None:
         if self.up:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drained.wait(), flush_within)
+                async with asyncio.timeout(flush_within):
+                    await self._drained.wait()
         # redis-py can hang when a blocking XREAD is cancelled: let the reader
         # see the flag when its XREAD returns (<= block_ms), cancel only then.
         self._stopping = True

@@ -160,8 +160,13 @@ class Lease:
         await self._on_lose()
 
     async def run(self) -> None:
+        task = asyncio.current_task()
         while True:
             await self.tick()
+            if task is not None and task.cancelling():
+                # A library swallowed our cancellation mid-command (redis-py under
+                # Python 3.11's wait_for did; see cti.cluster.redis_client): stop anyway.
+                raise asyncio.CancelledError
             await asyncio.sleep(self._every)
 
     async def release(self) -> None:

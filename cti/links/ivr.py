@@ -73,9 +73,8 @@ async def allowed_hosts(settings: Settings) -> frozenset[str]:
     for server in settings.ami:
         hosts.add(server.host)
         try:
-            infos = await asyncio.wait_for(
-                loop.getaddrinfo(server.host, None, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT
-            )
+            async with asyncio.timeout(RESOLVE_TIMEOUT):
+                infos = await loop.getaddrinfo(server.host, None, type=socket.SOCK_STREAM)
         except (OSError, TimeoutError) as exc:
             log.warning("IVR allow-list: cannot resolve AMI host %s: %s", server.host, exc)
             continue

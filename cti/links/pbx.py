@@ -124,7 +124,8 @@ class ChangeForwarder:
         """After ``link.stop()``: let queued changes finish (bounded), then cancel."""
         if self._pump is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._pump), DRAIN_TIMEOUT)
+                async with asyncio.timeout(DRAIN_TIMEOUT):
+                    await asyncio.shield(self._pump)
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump

@@ -209,7 +209,8 @@ class ChatService:
         """Customer and agent messages of the conversation, oldest first (no notes)."""
         history = self._services.history
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(history.flush(), FLUSH_TIMEOUT)
+            async with asyncio.timeout(FLUSH_TIMEOUT):
+                await history.flush()
         async with self._services.sessions() as session:
             query = select(HistoryEvent).where(
                 HistoryEvent.conversation_id == conv.id, HistoryEvent.kind.in_(MESSAGE_KINDS)

@@ -275,10 +275,12 @@ class GsmModem:
             raise ValueError(f"invalid USSD code {code!r}")
         async with self._ussd_lock:  # one USSD session at a time
             loop = asyncio.get_running_loop()
-            self._ussd = answer = loop.create_future()
+            answer: asyncio.Future[UssdReceived] = loop.create_future()
+            self._ussd = answer
             try:
                 await self._command(f'AT+CUSD=1,"{code}",15')
-                return await asyncio.wait_for(answer, self.config.ussd_timeout)
+                async with asyncio.timeout(self.config.ussd_timeout):
+                    return await answer
             except TimeoutError:
                 raise ModemTimeout(
                     f"no USSD answer to {code} in {self.config.ussd_timeout}s"
@@ -356,7 +358,8 @@ class GsmModem:
         try:
             self._write(command.encode("ascii") + b"\r")
             log.debug("modem %s: > %s", self.config.name, _redact(command))
-            result = await asyncio.wait_for(final, wait or self.config.command_timeout)
+            async with asyncio.timeout(wait or self.config.command_timeout):
+                result = await final
         except TimeoutError:
             raise ModemTimeout(f"{_redact(command)}: no answer") from None
         finally:
@@ -395,7 +398,8 @@ class GsmModem:
                 prompt.result()
                 self._parser.add_echo(part.hex)
                 self._write(part.hex.encode("ascii") + b"\x1a")
-                result = await asyncio.wait_for(final, self.config.submit_timeout)
+                async with asyncio.timeout(self.config.submit_timeout):
+                    result = await final
             except TimeoutError:
                 raise ModemTimeout(f"{command}: no answer after the PDU") from None
             finally:

@@ -26,6 +26,7 @@ from cti.app import create_app
 from cti.cluster.hub import ClusterHub
 from cti.cluster.lease import LEASE_KEY
 from cti.cluster.node import setup_cluster
+from cti.cluster.redis_client import connect_redis
 from cti.config import AmiServer, BootstrapAdmin, Settings
 from cti.keys import SERVICES
 from cti.links import callcontrol
@@ -62,7 +63,7 @@ class Pair:
 @pytest.fixture
 async def pair(redis_url: str, tmp_path: Path) -> AsyncIterator[Pair]:
     pbx = f"fw{uuid.uuid4().hex[:8]}"
-    redis = aioredis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+    redis = connect_redis(redis_url)
     hub_a = ClusterHub(f"A-{pbx}")
     pair = Pair(None, hub_a, redis, pbx)  # type: ignore[arg-type]
     await pair.hold(hub_a.node_id)  # before B starts: B's lease sees A's and waits

@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from cti.app import create_app
 from cti.auth import Principal, Role
+from cti.cluster.redis_client import connect_redis
 from cti.config import Settings, SmppLink
 from cti.history import HistoryEntry, timeline
 from cti.keys import SERVICES
@@ -350,12 +351,11 @@ async def test_deflected_chat_replies_by_sms_while_no_window_is_open(
 async def test_rate_limit_is_shared_in_redis_and_local_when_redis_is_down(
     redis_url: str,
 ) -> None:
-    import redis.asyncio as aioredis
 
     from cti.webchat.limiter import ChatRateLimiter
     from tests.peers.ports import free_port
 
-    client = aioredis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+    client = connect_redis(redis_url)
     token = f"token-{time.time_ns()}"
     try:
         node_a = ChatRateLimiter(0.01, 3, redis=client)
@@ -371,7 +371,7 @@ async def test_rate_limit_is_shared_in_redis_and_local_when_redis_is_down(
     finally:
         await client.aclose()
 
-    down = aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    down = connect_redis(f"redis://127.0.0.1:{free_port()}/0", timeout=1)
     try:
         limiter = ChatRateLimiter(0.01, 2, redis=down)
         waits = [await limiter.take(token) for _ in range(3)]

@@ -21,10 +21,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 from sqlalchemy import select
 
 from cti.cluster.duties import Duties
+from cti.cluster.redis_client import connect_redis
 from cti.config import Settings
 from cti.links.pbx import ami_url
 from cti.models import Conversation, HistoryEvent
@@ -125,7 +125,7 @@ async def sms_conversation_of(db_url: str, number: str) -> int | None:
 async def test_duties_run_once_hand_over_and_follow_eligibility(redis_url: str) -> None:
     """In-process, on a real Redis: one runner per duty, a graceful stop hands it over at
     the next tick, a node that is not eligible never takes it but names the holder."""
-    client = aioredis.from_url(redis_url.rsplit("/", 1)[0] + "/12", socket_timeout=2)
+    client = connect_redis(redis_url.rsplit("/", 1)[0] + "/12")
     await client.flushdb()
     runs: list[str] = []
 
@@ -137,7 +137,7 @@ async def test_duties_run_once_hand_over_and_follow_eligibility(redis_url: str) 
 
     # One client per node, as in real nodes: cancelling A's lease task mid-command
     # must not touch the connections B's lease uses.
-    client_b = aioredis.from_url(redis_url.rsplit("/", 1)[0] + "/12", socket_timeout=2)
+    client_b = connect_redis(redis_url.rsplit("/", 1)[0] + "/12")
     a = Duties("A", client, ttl=1.0, renew_every=0.1)
     b = Duties("B", client_b, ttl=1.0, renew_every=0.1)
     eligible = {"B": False}

@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from cti.cluster.hub import ClusterHub
+from cti.cluster.redis_client import connect_redis
 from cti.hub import EventHub, Subscription
 from tests.integration.cluster.conftest import OwnRedis
 
@@ -49,7 +50,7 @@ async def hub_factory(request: pytest.FixtureRequest) -> AsyncIterator[HubFactor
     async def make(node: str) -> EventHub:
         if request.param == "local":
             return EventHub(replay=50, queue_size=64)
-        client = aioredis.from_url(url, socket_timeout=2)
+        client = connect_redis(url)
         clients.append(client)
         hub = ClusterHub(node, replay=50, queue_size=64)
         await hub.start(client, block_ms=200)
@@ -99,7 +100,7 @@ async def test_resume_by_seq_gives_the_missed_events_once(hub_factory: HubFactor
 @pytest.fixture
 async def two_nodes(redis_url: str) -> AsyncIterator[tuple[ClusterHub, ClusterHub]]:
     url = redis_url.rsplit("/", 1)[0] + "/14"
-    client = aioredis.from_url(url, socket_timeout=2)
+    client = connect_redis(url)
     await client.flushdb()
     node_a, node_b = ClusterHub("A"), ClusterHub("B")
     await node_a.start(client, block_ms=200)
@@ -134,7 +135,7 @@ async def test_cluster_agent_resumes_on_another_node(
 
 async def test_a_restarted_node_replays_the_retained_tail(redis_url: str) -> None:
     url = redis_url.rsplit("/", 1)[0] + "/15"
-    client = aioredis.from_url(url, socket_timeout=2)
+    client = connect_redis(url)
     await client.flushdb()
     try:
         early = ClusterHub("A")
@@ -156,7 +157,7 @@ async def test_a_restarted_node_replays_the_retained_tail(redis_url: str) -> Non
 async def test_events_published_while_redis_is_down_are_delivered_once_it_is_back(
     own_redis: OwnRedis,
 ) -> None:
-    client = aioredis.from_url(own_redis.url, socket_timeout=1, socket_connect_timeout=1)
+    client = connect_redis(own_redis.url, timeout=1)
     hub = ClusterHub("A")
     await hub.start(client, block_ms=200)
     try:

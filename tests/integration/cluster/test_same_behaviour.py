@@ -32,9 +32,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
 
 from cti.cluster.hub import LIVE_CHANNEL, ClusterHub
+from cti.cluster.redis_client import connect_redis
 from cti.config import Settings
 from cti.lab import LabPbx
 from cti.links.pbx import ami_url
@@ -258,7 +258,7 @@ async def test_same_behaviour_on_both_nodes(
 
 
 async def test_live_channel_between_hubs(own_redis: OwnRedis) -> None:
-    redis = aioredis.from_url(own_redis.url, socket_connect_timeout=2, socket_timeout=2)
+    redis = connect_redis(own_redis.url)
     hub_a, hub_b = ClusterHub("A"), ClusterHub("B")
     got: list[dict[str, Any]] = []
 

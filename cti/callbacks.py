@@ -45,13 +45,23 @@ the booking goes back to ``waiting`` (``last_result=interrupted``, not
 counted) and is dialled again after ``retry_delay`` (the customer's phone may
 just have rung).
 
-Cluster: the scheduler is the ``callbacks`` duty (``cti.cluster.duties``):
-one node dials, and only a node that holds an AMI link may hold the duty (it
-dials through its links). When the holder dies, the next holder finds the
-bookings in the database: ``waiting`` ones are served, one in flight is
-``calling`` and goes through the re-check above (followed if the call is
-still up after the AMI resync, else dialled again after ``retry_delay``);
-the conditional claim keeps it from being dialled twice at once.
+Cluster: the scheduling follows the PBXes. One duty ``callbacks:<pbx>`` per
+configured PBX (``cti.cluster.duties``), eligible only on the node holding that
+PBX's AMI lease (``pbx:<pbx>``): its scheduler dials only through that link and
+serves the bookings of that PBX. A booking's PBX is the one its call came in on
+(the original voice conversation ``<pbx>:<call id>``, found at booking time on
+any node, stored in ``pbx``). A booking whose PBX is unknown (no conversation:
+the call never reached a queue the server saw, or a PBX since removed from the
+configuration) is offered to every scheduler whose PBX has a free agent in its
+queue; the claim decides who dials it, and it is then bound to that PBX. The
+claim is one conditional UPDATE ``waiting -> calling`` that also requires the
+row to be the version the scheduler read (``updated_at``), so a booking is never
+dialled twice, even by two nodes reading it at once. When a holder dies, the
+next holder of that PBX finds the bookings in the database: ``waiting`` ones are
+served, one in flight is ``calling`` and goes through the re-check above
+(followed if the call is still up after the AMI resync, else dialled again
+after ``retry_delay``). Single-node mode (no Redis) runs one scheduler,
+``callbacks``, over every link.
 """
 
 from __future__ import annotations
@@ -68,12 +78,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from cti.api import principal
 from cti.auth import Role
 from cti.cluster.duties import duties_of, local_duties
+from cti.cluster.lease import Lease
+from cti.cluster.node import LEASES
 from cti.errors import Conflict, InvalidInput, NotFound
 from cti.history import HistoryEntry
 from cti.identities import IdentityKind
@@ -193,9 +205,13 @@ class CallbackService:
         tick: float = 1.0,
         follow_check: float = 5.0,
         first_delay: float = 5.0,
+        pbx: str | None = None,
     ) -> None:
         self._services = services
-        self._links = links
+        self._all_links = links
+        # The PBX this scheduler serves (cluster: duty ``callbacks:<pbx>``); None = every link.
+        self.pbx = pbx
+        self.peers: list[CallbackService] = []  # schedulers of this node to wake on a booking
         self.attempts = attempts if attempts is not None else services.settings.callback_attempts
         self.retry_delay = (
             retry_delay if retry_delay is not None else services.settings.callback_retry_delay
@@ -222,6 +238,33 @@ class CallbackService:
         self.passes = 0  # full passes made (tests and benchmarks read it)
         self._last_up: set[str] = set()  # the links up at the last tick
 
+    def scoped(self, pbx: str) -> CallbackService:
+        """A scheduler for ``pbx`` only, with this one's settings (cluster: one per PBX)."""
+        return CallbackService(
+            self._services, self._all_links, attempts=self.attempts,
+            retry_delay=self.retry_delay, agent_ring_timeout=self.agent_ring_timeout,
+            decline_memory=self.decline_memory, tick=self.tick, follow_check=self.follow_check,
+            first_delay=self.first_delay, pbx=pbx)
+
+    def _links(self) -> Mapping[str, AmiLink]:
+        links = self._all_links()
+        if self.pbx is None:
+            return links
+        link = links.get(self.pbx)
+        return {self.pbx: link} if link is not None else {}
+
+    def _configured(self) -> set[str]:
+        """Every PBX of the server: linked here, or configured (cluster: held anywhere)."""
+        return set(self._all_links()) | {s.name for s in self._services.settings.ami}
+
+    def _scope(self) -> ColumnElement[bool] | None:
+        """The bookings this scheduler serves: its PBX's, and those of no known PBX."""
+        if self.pbx is None:
+            return None
+        col = CallbackBookingRow.pbx
+        others = sorted(self._configured() - {self.pbx})
+        return or_(col == self.pbx, col.is_(None), *([col.not_in(others)] if others else []))
+
     # -- the IVR port --------------------------------------------------------------
 
     async def book_callback(self, request: CallbackRequest) -> CallbackBooking:
@@ -240,7 +283,7 @@ class CallbackService:
         if not math.isfinite(entry) or entry <= 0 or entry > now + 60:
             entry = now
         customer = await self._customer(request.customer_id, number)
-        conversation_id = await self._original_conversation(call_id)
+        conversation_id, pbx = await self._original_conversation(call_id)
         row = CallbackBookingRow(
             call_id=call_id,
             number=number,
@@ -253,6 +296,7 @@ class CallbackService:
             attempts=0,
             next_attempt_at=utcnow() + timedelta(seconds=self.first_delay),
             last_result="",
+            pbx=pbx,
         )
         try:
             async with self._services.sessions() as session, session.begin():
@@ -265,7 +309,8 @@ class CallbackService:
         await self._event(row, "callback_booked", {"queue": row.queue, "number": number,
                                                    "language": row.language}, "booked",
                           conversation_id)
-        self._nudge(refresh=True)
+        for scheduler in (self, *self.peers):
+            scheduler._nudge(refresh=True)
         return CallbackBooking(str(row.id), number)
 
     def _number(self, raw: str) -> str:
@@ -286,14 +331,19 @@ class CallbackService:
         customer, _ = await self._services.customers.identify(IdentityKind.PHONE, number)
         return customer
 
-    async def _original_conversation(self, call_id: str) -> int | None:
-        """The voice conversation of the call that booked (``<pbx>:<uniqueid>``)."""
-        refs = [f"{name}:{call_id}" for name in self._links()] + [call_id]
-        for ref in refs:
-            conv = await self._services.conversations.by_ref(ref)
+    async def _original_conversation(self, call_id: str) -> tuple[int | None, str | None]:
+        """The voice conversation of the call that booked (``<pbx>:<uniqueid>``) and its
+        PBX: every configured PBX is looked at (in a cluster the IVR's node may hold none).
+        Two PBXes with a conversation for that id: the PBX is unknown (None)."""
+        found: list[tuple[int, str | None]] = []
+        for name in sorted(self._configured()):
+            conv = await self._services.conversations.by_ref(f"{name}:{call_id}")
             if conv is not None:
-                return conv.id
-        return None
+                found.append((conv.id, name))
+        if not found:
+            conv = await self._services.conversations.by_ref(call_id)
+            return (conv.id, None) if conv is not None else (None, None)
+        return found[0][0], found[0][1] if len(found) == 1 else None
 
     async def _by_call_id(self, call_id: str) -> CallbackBookingRow | None:
         async with self._services.sessions() as session:
@@ -340,7 +390,8 @@ class CallbackService:
         self._stopping = False
         self._dirty, self._due_known, self._next_recheck = True, False, 0.0
         if self._scheduler is None:
-            self._scheduler = asyncio.create_task(self._run(), name="callback-scheduler")
+            name = "callback-scheduler" + (f"-{self.pbx}" if self.pbx else "")
+            self._scheduler = asyncio.create_task(self._run(), name=name)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -356,6 +407,8 @@ class CallbackService:
 
     async def on_change(self, change: Change) -> None:
         """A ``CallHandler`` listener: follow our calls; note what may free a turn."""
+        if self.pbx is not None and change.pbx != self.pbx:
+            return
         if isinstance(change, CallAnswered | CallEnded):
             watch = self._watches.get(change.call_id)
             if watch is not None:
@@ -423,10 +476,13 @@ class CallbackService:
         return True
 
     async def _earliest_due(self) -> float | None:
+        query = (select(func.min(CallbackBookingRow.next_attempt_at))
+                 .where(CallbackBookingRow.status == "waiting"))
+        scope = self._scope()
+        if scope is not None:
+            query = query.where(scope)
         async with self._services.sessions() as session:
-            due = await session.scalar(
-                select(func.min(CallbackBookingRow.next_attempt_at))
-                .where(CallbackBookingRow.status == "waiting"))
+            due = await session.scalar(query)
         return None if due is None else due.timestamp()
 
     def _up_links(self) -> dict[str, AmiLink]:
@@ -444,16 +500,7 @@ class CallbackService:
         self.passes += 1
         if not links or not self._any_free_agent(links):
             return
-        now = utcnow()
-        async with self._services.sessions() as session:
-            rows = (await session.scalars(
-                select(CallbackBookingRow)
-                .where(CallbackBookingRow.status == "waiting",
-                       CallbackBookingRow.next_attempt_at <= now)
-                .order_by(CallbackBookingRow.queue_entry_time, CallbackBookingRow.id)
-                .limit(MAX_PASS)
-            )).all()
-        for row in rows:
+        for row in await self.due_bookings():
             if row.id in self._active:
                 continue
             placed = self._place(row, links)
@@ -462,6 +509,20 @@ class CallbackService:
             link, interface = placed
             self._active[row.id] = interface
             self._spawn(self._attempt(row, link, interface), f"callback-{row.id}")
+
+    async def due_bookings(self) -> list[CallbackBookingRow]:
+        """The waiting bookings due now that this scheduler serves, in place-in-line order
+        (its PBX's and those of no known PBX), at most ``MAX_PASS``."""
+        query = (select(CallbackBookingRow)
+                 .where(CallbackBookingRow.status == "waiting",
+                        CallbackBookingRow.next_attempt_at <= utcnow())
+                 .order_by(CallbackBookingRow.queue_entry_time, CallbackBookingRow.id)
+                 .limit(MAX_PASS))
+        scope = self._scope()
+        if scope is not None:
+            query = query.where(scope)
+        async with self._services.sessions() as session:
+            return list((await session.scalars(query)).all())
 
     def _reserved(self) -> set[str]:
         return set(self._active.values())
@@ -479,6 +540,10 @@ class CallbackService:
         entry = row.queue_entry_time.timestamp()
         reserved = self._reserved()
         now = time.monotonic()
+        if row.pbx is not None and row.pbx in self._configured():
+            # The booking's PBX is known: only its queue there (its link may be down).
+            link_of = links.get(row.pbx)
+            links = {row.pbx: link_of} if link_of is not None else {}
         for link in links.values():
             queue = link.queue(row.queue)
             if queue is None or earlier_caller_waits(queue, entry):
@@ -500,15 +565,17 @@ class CallbackService:
         task.add_done_callback(self._tasks.discard)
 
     async def _recheck(self, links: Mapping[str, AmiLink]) -> None:
+        query = (select(CallbackBookingRow)
+                 .where(CallbackBookingRow.status.in_(("calling", "connected")))
+                 .limit(MAX_PASS))
+        scope = self._scope()
+        if scope is not None:
+            query = query.where(scope)
         async with self._services.sessions() as session:
-            rows = (await session.scalars(
-                select(CallbackBookingRow).where(CallbackBookingRow.status.in_(("calling",
-                                                                                "connected")))
-                .limit(MAX_PASS)
-            )).all()
+            rows = (await session.scalars(query)).all()
         # A PBX we know of (linked here, or configured: in cluster mode only the lease
         # holder runs the links) whose link is not up here: look again later.
-        known = set(self._links()) | {s.name for s in self._services.settings.ami}
+        known = self._configured()
         for row in rows:
             if row.id in self._active:
                 continue
@@ -555,8 +622,7 @@ class CallbackService:
     async def _attempt_inner(self, row: CallbackBookingRow, link: AmiLink, interface: str) -> None:
         correlation = new_correlation_id()
         call_ref = link.tracker.call_id(f"cti-{correlation}")
-        if not await self._move(row, ("waiting",), status="calling", pbx=link.name,
-                                agent_interface=interface, dial_call_id=call_ref):
+        if not await self.claim(row, link.name, interface, call_ref):
             return  # cancelled or taken meanwhile
         svc = self._services
         customer = await svc.customers.get(row.customer_id)
@@ -601,6 +667,14 @@ class CallbackService:
         except UnknownOutcome:
             log.warning("callback %s: originate outcome unknown; following %s", row.id, call_ref)
         await self._follow(row, link, call_ref, watch, conv.id, correlation)
+
+    async def claim(self, row: CallbackBookingRow, pbx: str, interface: str,
+                    call_ref: str) -> bool:
+        """``waiting -> calling`` through ``pbx``, only for the version of the row this
+        pass read: another scheduler (another node) may have claimed, tried and put it
+        back meanwhile; then it is not ours to dial. One UPDATE: atomic in the database."""
+        return await self._move(row, ("waiting",), version=row.updated_at, status="calling",
+                                pbx=pbx, agent_interface=interface, dial_call_id=call_ref)
 
     async def _follow_guarded(
         self, row: CallbackBookingRow, link: AmiLink, call_ref: str, watch: _Watch
@@ -670,15 +744,17 @@ class CallbackService:
 
     # -- persistence and history ------------------------------------------------------
 
-    async def _move(self, row: CallbackBookingRow, from_: tuple[str, ...], **values: Any) -> bool:
-        """Conditional update (status in ``from_``); on success ``row`` mirrors it."""
+    async def _move(self, row: CallbackBookingRow, from_: tuple[str, ...], *,
+                    version: datetime | None = None, **values: Any) -> bool:
+        """Conditional update (status in ``from_``, and ``updated_at == version`` when
+        given); on success ``row`` mirrors it."""
         values.setdefault("updated_at", utcnow())
+        query = update(CallbackBookingRow).where(CallbackBookingRow.id == row.id,
+                                                 CallbackBookingRow.status.in_(from_))
+        if version is not None:
+            query = query.where(CallbackBookingRow.updated_at == version)
         async with self._services.sessions() as session, session.begin():
-            result = await session.execute(
-                update(CallbackBookingRow)
-                .where(CallbackBookingRow.id == row.id, CallbackBookingRow.status.in_(from_))
-                .values(**values)
-            )
+            result = await session.execute(query.values(**values))
         if getattr(result, "rowcount", 0) != 1:
             return False
         for key, value in values.items():
@@ -740,19 +816,45 @@ def _callbacks_ctx(app: web.Application) -> Callable[[web.Application], AsyncIte
     async def ctx(_: web.Application) -> AsyncIterator[None]:
         service = app[CALLBACKS]
         calls = services_of(app).calls
-        calls.listeners.append(service.on_change)
         duties = duties_of(app) or local_duties()
-        # Cluster: one node dials, and only one that runs an AMI link (it dials through it).
-        await duties.add(DUTY, service.start, service.stop,
-                         eligible=duties.holds_pbx if duties.clustered else None)
+        leases = app.get(LEASES)
+        pbxs = [s.name for s in services_of(app).settings.ami]
+        schedulers: dict[str, CallbackService] = {}
+        if duties.clustered and leases is not None and pbxs:
+            # One scheduler per PBX, on the node holding its AMI lease (it dials there).
+            for name in pbxs:
+                schedulers[f"{DUTY}:{name}"] = service.scoped(name)
+        else:
+            schedulers[DUTY] = service
+        service.peers = [s for s in schedulers.values() if s is not service]
+        for scheduler in schedulers.values():
+            calls.listeners.append(scheduler.on_change)
         try:
+            for duty, scheduler in schedulers.items():
+                eligible: Callable[[], bool] | None = None
+                if duties.clustered:
+                    eligible = (duties.holds_pbx if scheduler.pbx is None or leases is None
+                                else holds_pbx_lease(leases, scheduler.pbx))
+                await duties.add(duty, scheduler.start, scheduler.stop, eligible=eligible)
             yield
         finally:
-            await duties.remove(DUTY)
-            with contextlib.suppress(ValueError):
-                calls.listeners.remove(service.on_change)
+            for duty, scheduler in schedulers.items():
+                await duties.remove(duty)
+                with contextlib.suppress(ValueError):
+                    calls.listeners.remove(scheduler.on_change)
+            service.peers = []
 
     return ctx
+
+
+def holds_pbx_lease(leases: Mapping[str, Lease], pbx: str) -> Callable[[], bool]:
+    """Eligibility of ``callbacks:<pbx>``: this node holds ``pbx:<pbx>`` (``LEASES``)."""
+
+    def holds() -> bool:
+        lease = leases.get(pbx)
+        return lease is not None and lease.held
+
+    return holds
 
 
 def services_of(app: web.Application) -> Services:

@@ -49,7 +49,7 @@ from tests.peers.smsc import Smsc
 
 pytestmark = pytest.mark.integration
 _dbs = itertools.count(1)
-DUTIES = ("sms:smpp1", "callbacks", "sla")
+DUTIES = ("sms:smpp1", "callbacks:pbx1", "sla")
 CUSTOMER = "+79165550101"
 
 
@@ -196,7 +196,7 @@ async def test_one_owner_per_duty_and_failover(
     other = node_b if sms_holder is node_a else node_a
     # the callbacks follow the AMI lease (they dial through that node's link)
     pbx_holder = (await node_a.health())["links"]["cluster"]["leases"]["pbx1"]["holder"]
-    assert await holder_of_duty(node_a, "callbacks") == pbx_holder
+    assert await holder_of_duty(node_a, "callbacks:pbx1") == pbx_holder
     state = await smsc.state()
     assert (state["sessions"], state["binds"]) == (1, 1), "exactly one node binds"
     assert (await other.health())["links"]["smpp:smpp1"]["held_by"] == sms_holder.name

@@ -115,6 +115,8 @@ class Settings:
     ivr_retries: int = 2
     # First-reply target of an SMS conversation (wallboard SLA; chat is 60 s).
     sms_first_reply_sla: float = 900.0
+    # A gateway down this long gives its queued messages to another one (docs/sms-wiring.md).
+    sms_failover_after: float = 30.0
     # Reports: answer-time target (s) of the service level, per queue overrides, FCR window.
     report_service_level: float = 20.0
     report_service_level_by_queue: tuple[tuple[str, float], ...] = ()
@@ -275,6 +277,8 @@ def _from_file(path: Path) -> dict[str, Any]:
         values["chat_token_ttl"] = n
     if (n := _number(server, "sms_first_reply_sla", "server", 1, 7 * 86400)) is not None:
         values["sms_first_reply_sla"] = n
+    if (n := _number(server, "sms_failover_after", "server", 1, 86400)) is not None:
+        values["sms_failover_after"] = n
     callbacks = data.get("callbacks", {})
     if not isinstance(callbacks, dict):
         raise ConfigError("[callbacks] must be a table")
@@ -457,6 +461,8 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         if not 1 <= sla <= 7 * 86400:
             raise ConfigError("CTI_SMS_FIRST_REPLY_SLA: seconds, 1..604800")
         values["sms_first_reply_sla"] = sla
+    if v := env.get("CTI_SMS_FAILOVER_AFTER"):
+        values["sms_failover_after"] = _env_number(v, "CTI_SMS_FAILOVER_AFTER", 1, 86400)
     if v := env.get("CTI_REPORT_SERVICE_LEVEL"):
         values["report_service_level"] = _env_number(v, "CTI_REPORT_SERVICE_LEVEL", 1, 3600)
     if v := env.get("CTI_FCR_DAYS"):

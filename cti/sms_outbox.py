@@ -9,6 +9,10 @@ a part's SMSC id, a crash or restart never sends that part again, because
 ``unfinished()`` hands the stored ids back and the ESME only sends parts
 without one. ``add`` is ``INSERT ... ON CONFLICT (key) DO NOTHING`` then a
 ``SELECT``, so two writers racing on the same key both get the one stored row.
+``move`` (gateway failover, possibly decided on two nodes at once) is one
+conditional ``UPDATE``: the row changes gateway only if it is still queued on
+the old one and no part of it has an SMSC id, so it moves once and never after
+a part was acknowledged.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     delete,
+    exists,
     select,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -161,6 +167,27 @@ class DatabaseOutbox:
                 for index, sid in enumerate(message.smsc_ids)
                 if sid is not None
             )
+
+    async def move(self, message: OutboundSms, source: str) -> bool:
+        """Compare-and-set: give the row of ``message.key`` to ``message.gateway`` (with
+        the target's split in ``message``) if it is still ``queued`` on ``source`` and
+        none of its parts reached the SMSC; True if this call moved it."""
+        _check(message)
+        if any(part is not None for part in message.smsc_ids):
+            raise OutboxDataError("a moved message cannot carry SMSC ids")
+        acknowledged = exists().where(SmsOutboxPart.message_id == SmsOutboxRow.id)
+        async with self._sessions() as session, session.begin():
+            result = await session.execute(
+                update(SmsOutboxRow)
+                .where(SmsOutboxRow.key == message.key, SmsOutboxRow.gateway == source,
+                       SmsOutboxRow.status == "queued", ~acknowledged)
+                .values(gateway=message.gateway, destination=message.destination,
+                        source=message.source, smsc_ids=list(message.smsc_ids),
+                        part_states=list(message.part_states), error="",
+                        updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            return bool(getattr(result, "rowcount", 0) == 1)
 
     async def unfinished(self, gateway: str) -> list[OutboundSms]:
         async with self._sessions() as session:

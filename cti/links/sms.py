@@ -24,12 +24,15 @@ number, SMPP links first, in the order configured, with failover to the next
 available one.
 
 Failover of what is already queued: a gateway that stays down longer than
-``failover_after`` seconds gives up its queued messages that never left it (no
-part written to the SMSC socket / handed to the modem): each moves, under the
-same idempotency key, to the best available gateway its routes allow, with a
-``sms_rerouted`` history event. A message with a part that may have reached the
-SMSC stays where it is and goes out when that link is back, so nothing is sent
-twice by the failover itself.
+``failover_after`` seconds (``sms_failover_after``) gives up its queued
+messages that never left it (no part written to the SMSC socket / handed to
+the modem): each moves, under the same idempotency key, to the best available
+gateway its routes allow, on this node or another, with one ``sms_rerouted``
+history event. A message with a part that may have reached the SMSC stays where
+it is and goes out when that link is back, so nothing is sent twice by the
+failover itself. The move is ``DatabaseOutbox.move``, a compare-and-set on the
+row (still queued on that gateway, no acknowledged part): two nodes deciding at
+once move it once.
 
 The outbox key of a reply is ``c<conversation id>-<random>``: the conversation
 a receipt belongs to is read back from the key, with no extra lookup table.
@@ -46,15 +49,41 @@ in case it was missed). When the holder dies the next one finds the same rows;
 receipts for parts the dead holder sent are matched by SMSC id in the
 database. A part written to the SMSC whose response never came back (the
 holder died in that instant) is sent again by the next holder: at-least-once,
-as after a restart. Failover between gateways moves messages only between
-gateways held on the same node.
+as after a restart.
+
+Failover across nodes (theory of operation). Every holder writes its
+gateways' state to ``cti:sms:gateway:<name>`` (``{node, up, since}``, renewed
+every ``failover_check``, expiring after ``3 x failover_check``, at least 6 s);
+every node reads them all on the same tick. A gateway held elsewhere counts as
+available (for new messages and as a failover target) only while its record
+says up. Who moves what:
+
+- a gateway with a holder: only the holder decides it is down (its own link
+  state, ``failover_after``); it withdraws each message from its client, moves
+  the row, queues it here if this node runs the target, else publishes
+  ``cti:sms:queued`` so the target's holder picks it up at once;
+- a gateway with no holder for ``failover_after`` (its node died and no other
+  node may take it, e.g. a modem plugged into the dead node's host): any node
+  moves its rows, under the Redis lock ``cti:sms:failover:<name>`` and only
+  while the lease key ``cti:lease:<duty>`` is empty; a node taking the duty
+  waits for that lock before its client loads the rows, so a row is never both
+  loaded by a new holder and moved away. A part the dead holder wrote without
+  storing the answer may go out again (at least once, as after a restart).
+- Redis unreachable: no record is fresh, nothing moves across nodes; gateways
+  this node runs still fail over among themselves.
+
+Modems: a node may take ``modem:<name>`` only if the port exists on its host
+(a modem is plugged into one machine; every node lists it for routing); the
+holder keeps it while the modem is unplugged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -67,6 +96,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 
 from cti.cluster.duties import Duties, duties_of, local_duties
+from cti.cluster.lease import LEASE_KEY
 from cti.config import ModemLink, SmppLink
 from cti.conversations import OutboundSender
 from cti.errors import InvalidInput
@@ -119,7 +149,18 @@ def conversation_of(key: str) -> int | None:
 
 
 QUEUED_CHANNEL = "cti:sms:queued"
+STATE_KEY = "cti:sms:gateway:{name}"
+FAILOVER_LOCK = "cti:sms:failover:{name}"
+LOCK_MS = 2000
+# KEYS: key. ARGV: value -> deletes the key only if it still holds value
+_DELETE_IF = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
+              "return redis.call('DEL', KEYS[1]) end return 0")
 Gateway = SmppClient | ModemGateway
+
+
+def _serial_port_here(port: str) -> bool:
+    """A device path that exists on this host (a pyserial URL counts as reachable)."""
+    return "://" in port or os.path.exists(port)
 
 
 class _SlotOutbox:
@@ -168,8 +209,9 @@ class _Slot:
     """One SMPP link or modem as a duty: a fresh client each time this node takes it."""
 
     def __init__(self, channel: SmsChannel, name: str, kind: str,
-                 make: Callable[[_SlotOutbox], Gateway]) -> None:
+                 make: Callable[[_SlotOutbox], Gateway], port: str | None = None) -> None:
         self.name = name
+        self.port = port
         self.kind = kind  # "smpp" | "modem"
         self.duty = f"{'sms' if kind == 'smpp' else 'modem'}:{name}"
         self._channel = channel
@@ -181,10 +223,15 @@ class _Slot:
 
     @property
     def available(self) -> bool:
-        """Here: the client's own view; held elsewhere: some node holds it."""
+        """Here: the client's own view; held elsewhere: its holder's record says up."""
         if self.running:
             return self.gateway.available
-        return self._channel.holder(self.duty) is not None
+        return self._channel.remote_up(self)
+
+    def eligible(self) -> bool:
+        """May this node take the duty? A modem only where its port exists; the holder
+        keeps it when the modem is unplugged (its driver reconnects)."""
+        return self.running or self.port is None or _serial_port_here(self.port)
 
     async def send(
         self, key: str, destination: str, text: str, source: str | None = None
@@ -197,6 +244,7 @@ class _Slot:
     async def start(self) -> None:
         self.gateway = self._make(self.outbox)
         self.known.clear()
+        await self._channel.wait_failover_lock(self.name)
         # Loads the queued rows (``unfinished``: remembered in ``known``) and MO parts.
         # A reply stored meanwhile is not queued by the client (not running yet): the
         # pick-up queues it unless ``unfinished`` already returned it.
@@ -208,6 +256,7 @@ class _Slot:
     async def stop(self) -> None:
         self.running = False
         self._channel.forget(self)
+        await self._channel.drop_state(self.name)
         self._channel.held_changed()
         await self.gateway.stop()
         self.known.clear()
@@ -253,16 +302,19 @@ class SmsChannel:
             self._slots[config.name] = _Slot(self, config.name, "smpp", self._smpp_maker(config))
         for mconfig in modems or []:
             self._slots[mconfig.name] = _Slot(self, mconfig.name, "modem",
-                                              self._modem_maker(mconfig))
+                                              self._modem_maker(mconfig), mconfig.port)
         routes = [
             Route(r.gateway, r.prefixes, r.senders) for r in services.settings.sms_routes
         ] or [Route(name) for name in self._slots]
         self._router = SmsRouter(self._slots, routes)
         self._previous: OutboundSender = services.conversations.outbound
-        self.failover_after = 30.0
+        self.failover_after = services.settings.sms_failover_after
         self.failover_check = 2.0
         self.pickup_every = 2.0
         self._down_since: dict[str, float] = {}
+        self._unheld_since: dict[str, float] = {}
+        self._state_since: dict[str, tuple[bool, float]] = {}  # running here: (up, wall since)
+        self._remote: dict[str, dict[str, Any]] = {}  # the records read on the last tick
         self._failover_task: asyncio.Task[None] | None = None
         self._pickup_task: asyncio.Task[None] | None = None
         self._listen_task: asyncio.Task[None] | None = None
@@ -296,6 +348,74 @@ class SmsChannel:
     def holder(self, duty: str) -> str | None:
         return self._duties.holder(duty)
 
+    def remote_up(self, slot: _Slot) -> bool:
+        if not self._duties.clustered or self._services.redis is None:
+            return self.holder(slot.duty) is not None
+        record = self._remote.get(slot.name)
+        return record is not None and bool(record.get("up"))
+
+    # -- gateway state shared through Redis ---------------------------------------
+
+    async def publish_states(self) -> None:
+        """Write the state of the gateways this node runs; read everyone's records."""
+        redis = self._services.redis
+        if redis is None or not self._duties.clustered:
+            return
+        ttl_ms = int(max(6.0, 3 * self.failover_check) * 1000)
+        names = list(self._slots)
+        try:
+            async with redis.pipeline(transaction=False) as pipe:
+                for name, slot in self._slots.items():
+                    if not slot.running:
+                        continue
+                    up = slot.gateway.available
+                    was = self._state_since.get(name)
+                    if was is None or was[0] != up:
+                        was = self._state_since[name] = (up, time.time())
+                    record = {"node": self._duties.node_id, "up": up, "since": was[1]}
+                    pipe.set(STATE_KEY.format(name=name), json.dumps(record), px=ttl_ms)
+                pipe.mget([STATE_KEY.format(name=n) for n in names])
+                replies = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.debug("SMS gateway states: Redis unreachable (%s)", exc)
+            self._remote = {}
+            return
+        remote: dict[str, dict[str, Any]] = {}
+        for name, raw in zip(names, replies[-1], strict=True):
+            if raw is None:
+                continue
+            with contextlib.suppress(ValueError, TypeError):
+                record = json.loads(raw)
+                if isinstance(record, dict):
+                    remote[name] = record
+        self._remote = remote
+
+    async def drop_state(self, name: str) -> None:
+        self._state_since.pop(name, None)
+        self._down_since.pop(name, None)
+        redis = self._services.redis
+        if redis is None or not self._duties.clustered:
+            return
+        key = STATE_KEY.format(name=name)
+        with contextlib.suppress(RedisError, OSError, ValueError, TypeError):
+            raw = await redis.get(key)
+            if raw is not None and json.loads(raw).get("node") == self._duties.node_id:
+                await redis.eval(_DELETE_IF, 1, key, raw)
+        self._remote.pop(name, None)
+
+    async def wait_failover_lock(self, name: str) -> None:
+        """Before a new holder's client loads the rows: let a node moving them off this
+        gateway (it had no holder) finish; it holds the lock at most ``LOCK_MS``."""
+        redis = self._services.redis
+        if redis is None or not self._duties.clustered:
+            return
+        key = FAILOVER_LOCK.format(name=name)
+        with contextlib.suppress(RedisError, OSError):
+            for _ in range(LOCK_MS // 50):
+                if not await redis.exists(key):
+                    return
+                await asyncio.sleep(0.05)
+
     def held(self, name: str) -> bool:
         slot = self._slots.get(name)
         return slot is not None and slot.running
@@ -321,8 +441,9 @@ class SmsChannel:
                 self._services.links.register(f"modem:{name}", self._modem_probe(slot))
         self._services.conversations.outbound = self
         for slot in self._slots.values():
-            await self._duties.add(slot.duty, slot.start, slot.stop)
-        if len(self._slots) > 1:
+            eligible = slot.eligible if self._duties.clustered and slot.port else None
+            await self._duties.add(slot.duty, slot.start, slot.stop, eligible=eligible)
+        if len(self._slots) > 1 or self._duties.clustered:
             self._failover_task = asyncio.create_task(self._failover_loop(), name="sms-failover")
         if self._duties.clustered:
             self._pickup_task = asyncio.create_task(self._pickup_loop(), name="sms-pickup")
@@ -378,74 +499,141 @@ class SmsChannel:
 
     async def _failover_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.failover_check)
             try:
-                await self.failover_once()
+                await self.publish_states()
+                if len(self._slots) > 1:
+                    await self.failover_once()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("SMS failover pass failed")
+            await asyncio.sleep(self.failover_check)
 
     async def failover_once(self, now: float | None = None) -> int:
         """Move queued messages off gateways down for ``failover_after``; how many moved.
-        Only between gateways this node runs (the others belong to their holders)."""
+        A gateway held here: this node decides; held elsewhere: its holder does; held
+        by no node: any node may (under the failover lock, see the module doc)."""
         now = time.monotonic() if now is None else now
         moved = 0
         for name, slot in self._slots.items():
-            if not slot.running or slot.gateway.available:
-                self._down_since.pop(name, None)
+            if slot.running:
+                self._unheld_since.pop(name, None)
+                if slot.gateway.available:
+                    self._down_since.pop(name, None)
+                    continue
+                if now - self._down_since.setdefault(name, now) >= self.failover_after:
+                    moved += await self._move_off(slot, list(await self._outbox.unfinished(name)))
+                continue
+            self._down_since.pop(name, None)
+            if not self._duties.clustered or self.holder(slot.duty) is not None:
+                self._unheld_since.pop(name, None)
+                continue
+            if now - self._unheld_since.setdefault(name, now) >= self.failover_after:
+                moved += await self._move_off_unheld(slot)
+        return moved
+
+    def _targets(self, message: OutboundSms, source: str) -> list[_Slot]:
+        return [
+            self._slots[other] for other in self._router.candidates(
+                message.destination, message.source or None)
+            if other != source and self._slots[other].available
+        ]
+
+    async def _move_off_unheld(self, slot: _Slot) -> int:
+        """Move the rows of a gateway no node holds, if still no node holds it."""
+        redis = self._services.redis
+        if redis is None:
+            return 0
+        key, token = FAILOVER_LOCK.format(name=slot.name), uuid.uuid4().hex
+        try:
+            if not await redis.set(key, token, nx=True, px=LOCK_MS):
+                return 0  # another node is at it
+        except (RedisError, OSError):
+            return 0
+        try:
+            if await redis.exists(LEASE_KEY.format(duty=slot.duty)):
+                return 0  # a node took it meanwhile: its client has the rows
+            stop_at = time.monotonic() + LOCK_MS / 2000
+            messages = await self._outbox.unfinished(slot.name)
+            return await self._move_off(slot, messages, stop_at=stop_at)
+        except (RedisError, OSError):
+            return 0
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await redis.eval(_DELETE_IF, 1, key, token)
+
+    async def _move_off(self, slot: _Slot, messages: list[OutboundSms],
+                        stop_at: float | None = None) -> int:
+        name = slot.name
+        moved = 0
+        for message in messages:
+            if stop_at is not None and time.monotonic() > stop_at:
+                break  # the failover lock expires soon: the rest at the next pass
+            if any(part is not None for part in message.smsc_ids):
+                continue
+            targets = self._targets(message, name)
+            if not targets:
                 continue
             gateway = slot.gateway
-            if now - self._down_since.setdefault(name, now) < self.failover_after:
-                continue
-            for message in await self._outbox.unfinished(name):
-                if any(part is not None for part in message.smsc_ids):
-                    continue
-                targets = [
-                    other for other in self._router.candidates(
-                        message.destination, message.source or None
-                    )
-                    if other != name and self._slots[other].running
-                    and self._slots[other].gateway.available
-                ]
-                if not targets or not gateway.withdraw(message.key):
-                    continue
-                target_slot = self._slots[targets[0]]
-                target = target_slot.gateway
-                if isinstance(gateway, SmppClient) and not message.destination.startswith("+"):
-                    # The ESME stores digits only and sends them as TON international;
-                    # a modem takes the "+" as the TPDU's international type of number.
-                    message = replace(message, destination=f"+{message.destination}")
-                try:
-                    fitted = target.fit(message)
-                except SmsEncodingError as exc:
-                    log.warning("SMS %s cannot move to %s: %s", message.key, target.name, exc)
+            if slot.running and not gateway.withdraw(message.key):
+                continue  # a part of it may have left this gateway: it stays
+            target_slot = targets[0]
+            target = target_slot.gateway
+            # The ESME stores digits only and sends them as TON international;
+            # a modem takes the "+" as the TPDU's international type of number.
+            digits = message.destination.lstrip("+")
+            try:
+                fitted = target.fit(replace(
+                    message, destination=digits if target_slot.kind == "smpp" else f"+{digits}"))
+            except SmsEncodingError as exc:
+                log.warning("SMS %s cannot move to %s: %s", message.key, target_slot.name, exc)
+                if slot.running:
                     gateway.adopt(message)
-                    continue
-                await slot.outbox.update(fitted)
+                continue
+            try:
+                won = await self._outbox.move(fitted, name)
+            except Exception:
+                if slot.running:
+                    gateway.adopt(message)  # still queued here in the database
+                raise
+            if not won:
+                current = await self._outbox.get(message.key)
+                if slot.running and current is not None and current.gateway == name \
+                        and current.status == "queued":
+                    gateway.adopt(current)
+                continue
+            slot.known.discard(message.key)
+            if target_slot.running:
                 target_slot.known.add(fitted.key)
                 target.adopt(fitted)
-                moved += 1
-                log.info("SMS %s moved from %s (down) to %s", message.key, name, target.name)
-                conversation_id = conversation_of(message.key)
-                if conversation_id is not None:
-                    conv = await self._services.conversations.get(conversation_id)
-                    await self._services.history.add(
-                        HistoryEntry(
-                            customer_id=conv.customer_id,
-                            conversation_id=conv.id,
-                            kind="sms_rerouted",
-                            channel="sms",
-                            payload={"message_ref": message.key, "from": name,
-                                     "to": target.name},
-                            dedup_key=f"sms-reroute:{message.key}:{target.name}",
-                        )
-                    )
+            else:
+                await self.announce(target_slot.name)
+            moved += 1
+            log.info("SMS %s moved from %s (down) to %s", message.key, name, target_slot.name)
+            await self._rerouted(message.key, name, target_slot.name)
         return moved
+
+    async def _rerouted(self, key: str, source: str, target: str) -> None:
+        conversation_id = conversation_of(key)
+        if conversation_id is None:
+            return
+        conv = await self._services.conversations.get(conversation_id)
+        await self._services.history.add(
+            HistoryEntry(
+                customer_id=conv.customer_id,
+                conversation_id=conv.id,
+                kind="sms_rerouted",
+                channel="sms",
+                payload={"message_ref": key, "from": source, "to": target},
+                dedup_key=f"sms-reroute:{key}:{target}",
+            )
+        )
 
     def _elsewhere(self, slot: _Slot, kind: str) -> dict[str, Any]:
         holder = self.holder(slot.duty)
+        record = self._remote.get(slot.name)
         return {"kind": kind, "up": holder is not None, "held_by": holder,
+                "gateway_up": None if record is None else bool(record.get("up")),
                 "detail": f"run by node {holder}" if holder else "no node runs it"}
 
     def _modem_probe(self, slot: _Slot) -> LinkProbe:

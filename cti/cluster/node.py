@@ -6,8 +6,10 @@ link by itself; :func:`setup_cluster` adds a cleanup_ctx that runs one
 (``PbxLinks.add``, which resyncs on connect), the others report who holds it.
 
 In both modes it installs :class:`~cti.cluster.duties.Duties` (``DUTIES``), on
-which the SMS links, the callback scheduler and the SLA watch register (leased
+which the SMS links, the callback schedulers and the SLA watch register (leased
 in cluster mode, run locally otherwise), and the SLA watch itself (``cti.sla``).
+``LEASES`` (PBX name -> its lease) tells duties that must run beside one PBX's
+link where it is: ``callbacks:<pbx>`` is eligible only while ``LEASES[pbx].held``.
 """
 
 from __future__ import annotations

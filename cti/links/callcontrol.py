@@ -62,7 +62,7 @@ from cti.cluster.lease import LEASE_KEY
 from cti.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound
 from cti.keys import SERVICES
 from cti.links.pbx import PBX_LINKS
-from cti.presence import member_status
+from cti.presence import cluster_status, member_status
 from cti.validation import json_body, req_string, string
 from pbx.actions import (
     AmiActionError,
@@ -440,40 +440,10 @@ async def attended_transfer(request: web.Request) -> web.Response:
     return await _on_call(request, "atxfer", target=True)
 
 
-def merge_status(endpoint: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """One status from several nodes' ``member_status`` (as ``member_status`` builds it)."""
-    queues = [q for part in parts for q in part.get("queues", ())]
-    pbxs = [name for part in parts for name in part.get("pbx", ())]
-    paused = bool(queues) and all(q["paused"] for q in queues)
-    reason = next((q["reason"] for q in queues if q["paused"] and q["reason"]), "")
-    return {"endpoint": endpoint, "paused": paused, "reason": reason if paused else "",
-            "queues": queues, "pbx": pbxs}
-
-
 @routes.get("/api/v1/agents/me/status")
 async def my_status(request: web.Request) -> web.Response:
     actor = await _me(request)
-    local = _local(request.app)
-    here = member_status(list(local.values()), actor.endpoint)
-    hub = _cluster(request)
-    missing = [name for name in _known(request) if name not in local] if hub else []
-    if hub is None or not missing:
-        return web.json_response(here)
-    replies = await hub.request_live(
-        KIND, {"op": "status", "endpoint": actor.endpoint, "pbx": missing},
-        within=STATUS_WITHIN,
-        enough=lambda got: set(missing) <= {n for r in got for n in r.get("pbx", ())})
-    parts: dict[str, dict[str, Any]] = {name: {"queues": [], "pbx": []} for name in missing}
-    for reply in replies or ():
-        for name in reply.get("pbx", ()):
-            if name in parts and isinstance(reply.get("queues"), list):
-                parts[name] = {"pbx": [name], "queues": [
-                    q for q in reply["queues"] if isinstance(q, dict) and q.get("pbx") == name]}
-    out = merge_status(actor.endpoint, [here, *parts.values()])
-    unavailable = [name for name in missing if not parts[name]["pbx"]]
-    if unavailable:
-        out["unavailable"] = unavailable
-    return web.json_response(out)
+    return web.json_response(await cluster_status(request.app, actor.endpoint, STATUS_WITHIN))
 
 
 @routes.post("/api/v1/agents/me/pause")

@@ -12,10 +12,11 @@ to the lab PBX, whose dialplan then calls this server.
 Allow-list: only Asterisk may open AGI sessions: 127.0.0.1 and ::1, plus every
 configured AMI host (``settings.ami``) as written and as resolved at start.
 
-The same ctx makes text work follow the agent's pause on the PBX (a listener on
-``services.calls``): an agent paused in every queue takes no new text
-conversation; on unpause the waiting ones (deflected callers included) are
-offered oldest queue entry first.
+The same ctx makes text work follow the agent's pause on the PBX (a follower of
+``cti.presence``'s status, over every PBX of the cluster; a listener on
+``services.calls`` reading the local links when no presence is installed): an
+agent paused in every queue takes no new text conversation; on unpause the
+waiting ones (deflected callers included) are offered oldest queue entry first.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from cti.keys import SERVICES
 from cti.links.lab import LAB_AGI_LISTEN
 from cti.links.pbx import PBX_LINKS
 from cti.logs import correlation_id
-from cti.presence import member_status
+from cti.presence import PRESENCE, StatusFollower, member_status
 from cti.services import LinkProbe, Services
 from ivr.flows import IvrConfig, default_routes
 from ivr.ports import IvrPorts
@@ -145,6 +146,7 @@ def _probe(server: FastAgiServer, listen: HostPort) -> LinkProbe:
 
 
 def _pause_follower(app: web.Application, services: Services) -> ChangeListener:
+    """Without ``cti.presence`` (an app with no desk): the local links decide."""
     seen: dict[str, bool] = {}  # interface -> paused, as last applied
     # (pbx, queue, interface) -> (paused, removed): most QueueMemberChanged events are
     # device-state churn (ringing, in use); only a pause or membership change can change
@@ -174,13 +176,40 @@ def _pause_follower(app: web.Application, services: Services) -> ChangeListener:
     return on_change
 
 
+def _status_follower(services: Services) -> StatusFollower:
+    """Text availability from the status ``cti.presence`` builds on each pause change
+    (over every PBX of the cluster). No memo of what was applied: in a cluster another
+    node may have applied a later status; the UPDATE is conditional and cheap.
+
+    A partial status (a PBX's holder did not answer) that says paused is not applied:
+    the silent PBX may hold an unpaused membership, and a paused agent given a text
+    conversation costs less than an available one starved of work on a guess; the
+    holder's next change (a new holder resyncs within seconds) decides. Not paused is
+    certain (a queue that answered is unpaused) and always applied."""
+
+    async def on_status(endpoint: str, status: dict[str, Any]) -> None:
+        paused = bool(status.get("paused"))
+        if paused and status.get("unavailable"):
+            log.info("text availability of %s unchanged: paused on the PBXes that answered, "
+                     "%s did not", endpoint, ", ".join(map(str, status["unavailable"])))
+            return
+        await services.inbox.set_text_available(endpoint, not paused)
+
+    return on_status
+
+
 def ivr_ctx(
     listen: HostPort | None, config: IvrConfig
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         services = app[SERVICES]
+        presence = app.get(PRESENCE)
         follower = _pause_follower(app, services)
-        services.calls.listeners.append(follower)
+        on_status = _status_follower(services)
+        if presence is not None:
+            presence.followers.append(on_status)
+        else:
+            services.calls.listeners.append(follower)
         server: FastAgiServer | None = None
         try:
             if listen is not None:
@@ -203,6 +232,8 @@ def ivr_ctx(
                 app[IVR_SERVER].remove(server)
             if follower in services.calls.listeners:
                 services.calls.listeners.remove(follower)
+            if presence is not None and on_status in presence.followers:
+                presence.followers.remove(on_status)
 
     return ctx
 

@@ -678,7 +678,7 @@ function updateSla() {
 // through the server; on failure the page goes back to the last known state.
 // Wrap-up is the time between the end of a call and its wrap-up code.
 
-const status = { paused: false, reason: "", wrapup: null, known: false };
+const status = { paused: false, reason: "", wrapup: null, known: false, unavailable: [] };
 
 function reasonLabel(reason) {
   const opt = [...$("pause-reason").options].find((o) => o.value === reason);
@@ -698,15 +698,21 @@ function renderStatus() {
     }
     reasons.value = status.reason;
   }
-  $("status-note").textContent = value === "paused"
+  const note = value === "paused"
     ? `paused${status.reason ? `: ${reasonLabel(status.reason)}` : ""}`
     : value === "wrapup" ? "choose a wrap-up code" : "";
+  // A PBX whose node did not answer: the status shown leaves its queues out.
+  const partial = status.unavailable.length
+    ? `status without ${status.unavailable.join(", ")} (not answering)` : "";
+  $("status-note").textContent = [note, partial].filter(Boolean).join("; ");
+  $("status-note").dataset.partial = partial ? "1" : "";
   document.body.dataset.status = value === "paused" ? `paused:${status.reason}` : value;
 }
 
 function applyStatus(s) {
   status.paused = Boolean(s.paused);
   status.reason = s.reason || "";
+  status.unavailable = Array.isArray(s.unavailable) ? s.unavailable.map(String) : [];
   status.known = true;
   renderStatus();
 }

@@ -302,6 +302,26 @@ async def test_login_status_sla_colours_and_screen_fit(
     assert await page.get_attribute("body", "data-status") == "available"
     assert await page.input_value("#status-select") == "available"
 
+    # A status frame built while another PBX's node did not answer (cti.presence) is
+    # partial: the desk says which PBX it leaves out, as text.
+    agent = await svc.agents.by_login("agent1")
+    assert agent is not None
+    svc.hub.publish([agent.id], "agent_status", {
+        "endpoint": agent.endpoint, "paused": True, "reason": "lunch", "queues": [],
+        "pbx": ["pbx1"], "unavailable": ["pbx2", IMG],
+    })
+    await page.wait_for_function(
+        "() => document.getElementById('status-note').dataset.partial === '1'")
+    note = await page.text_content("#status-note") or ""
+    assert "pbx2" in note and IMG in note and "not answering" in note, note
+    assert await page.get_attribute("body", "data-status") == "paused:lunch"
+    svc.hub.publish([agent.id], "agent_status", {
+        "endpoint": agent.endpoint, "paused": False, "reason": "", "queues": [],
+        "pbx": ["pbx1", "pbx2"]})
+    await page.wait_for_function(
+        "() => document.getElementById('status-note').dataset.partial === ''")
+    assert await page.get_attribute("body", "data-status") == "available"
+
     now = datetime.now(UTC)
     ids: dict[str, int] = {}
     for state, age in (("red", 90), ("amber", 45), ("green", 1)):

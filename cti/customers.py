@@ -23,6 +23,30 @@ MAX_NAME = 200
 CARD_FIELDS = ("name", "segment", "tags", "notes", "external_id", "custom", "provisional")
 
 
+def card_json(customer: Customer, identities: list[Identity]) -> dict[str, Any]:
+    """The customer card as the API and the screen-pop show it."""
+    return {
+        "id": customer.id,
+        "name": customer.name,
+        "segment": customer.segment,
+        "tags": customer.tags,
+        "notes": customer.notes,
+        "external_id": customer.external_id,
+        "custom": customer.custom,
+        "provisional": customer.provisional,
+        "identities": [
+            {
+                "kind": i.kind,
+                "value": i.value,
+                "raw": i.raw,
+                "valid": i.valid,
+                "verified": i.verified,
+            }
+            for i in identities
+        ],
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class ContactInput:
     kind: str
@@ -190,26 +214,7 @@ class CustomerService:
             return list(rows)
 
     async def card(self, customer: Customer) -> dict[str, Any]:
-        return {
-            "id": customer.id,
-            "name": customer.name,
-            "segment": customer.segment,
-            "tags": customer.tags,
-            "notes": customer.notes,
-            "external_id": customer.external_id,
-            "custom": customer.custom,
-            "provisional": customer.provisional,
-            "identities": [
-                {
-                    "kind": i.kind,
-                    "value": i.value,
-                    "raw": i.raw,
-                    "valid": i.valid,
-                    "verified": i.verified,
-                }
-                for i in await self.identities(customer.id)
-            ],
-        }
+        return card_json(customer, await self.identities(customer.id))
 
     async def link(self, customer_id: int, kind: str, raw: str, actor_id: int | None) -> Customer:
         """Attach a contact to a customer; a provisional owner of it is merged in."""

@@ -34,6 +34,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import itertools
 import json
 import logging
 from collections import deque
@@ -68,6 +69,7 @@ from cti.reports.columns import REPORT_COLUMNS, report_values
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 200
+RECENT = 20_000
 HISTORY = cast(Table, HistoryEvent.__table__)
 CUSTOMERS = cast(Table, Customer.__table__)
 
@@ -165,6 +167,11 @@ class HistoryWriter:
         # measure against, bench.history_writes --core).
         self._raw = raw
         self._claims: bool | None = None  # PostgreSQL: history_dedup exists (partitioned)
+        # The last RECENT entries written, in add order, and how many were done
+        # in all: entries_since() serves a prefetched screen-pop card the events
+        # added after it read the table (cti.screenpop).
+        self._recent: deque[HistoryEntry] = deque(maxlen=RECENT)
+        self._done = 0
 
     def start(self) -> None:
         if self._task is None:
@@ -182,6 +189,19 @@ class HistoryWriter:
         wanted = set(customer_ids)
         queued: Iterable[HistoryEntry] = self._queue._queue  # type: ignore[attr-defined]
         return [e for e in (*self._inflight, *queued) if e.customer_id in wanted]
+
+    def mark(self) -> int:
+        """A position in the add order: take it BEFORE reading the table."""
+        return self._done
+
+    def entries_since(self, mark: int) -> list[HistoryEntry] | None:
+        """Every entry written or pending after ``mark`` (None: no longer kept)."""
+        behind = self._done - mark
+        if behind < 0 or behind > len(self._recent):
+            return None
+        written = list(itertools.islice(reversed(self._recent), behind))[::-1]
+        queued: Iterable[HistoryEntry] = self._queue._queue  # type: ignore[attr-defined]
+        return [*written, *self._inflight, *queued]
 
     async def flush(self) -> None:
         target = self._added
@@ -221,6 +241,8 @@ class HistoryWriter:
                     break
             await self._write_with_retry(list(self._inflight))
             count = len(self._inflight)
+            self._recent.extend(self._inflight)
+            self._done += count
             self._inflight.clear()
             async with self._progress:
                 self._written += count

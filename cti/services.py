@@ -44,7 +44,7 @@ class LinkRegistry:
 
     async def report(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
-        for name, probe in self.probes.items():
+        for name, probe in list(self.probes.items()):  # a link may register meanwhile
             try:
                 out[name] = await probe()
             except Exception as exc:  # a probe failure is a down link, not a 500
@@ -134,5 +134,6 @@ class Services:
                     raise
 
     async def stop(self) -> None:
+        await self.calls.close()
         await self.history.close()
         await self.engine.dispose()

@@ -155,6 +155,9 @@ async def cluster_health_view(request: web.Request) -> web.Response:
 
 
 async def _publish_loop(services: Services, started: float) -> None:
+    """Publish until cancelled. Nothing but a cancellation ends it: a heartbeat that
+    died (once, a probe registered mid-report raised RuntimeError at start-up) left
+    a live node listed down by every other node for the rest of its run."""
     failing = False
     while True:
         try:
@@ -167,6 +170,10 @@ async def _publish_loop(services: Services, started: float) -> None:
         except (RedisError, OSError, TimeoutError) as exc:
             if not failing:  # once per outage, not every tick
                 log.warning("cluster health: cannot publish this node's summary: %s", exc)
+            failing = True
+        except Exception:
+            if not failing:
+                log.exception("cluster health: building or publishing the summary failed")
             failing = True
         await asyncio.sleep(PUBLISH_EVERY)
 

@@ -13,7 +13,9 @@ to one lane per link). A lane is a deque drained by one task, in order; it ends
 when its deque is empty and the next change for that call starts a new one.
 Changes of one call are handled in order; a slow database write for one call
 never delays the screen pop of another. A change whose handling fails is
-logged with its call id and dropped; the lane goes on.
+logged with its call id and dropped; the lane goes on. Before a change joins
+its lane it is shown to ``early`` (``CallHandler.early``: a CallOffered's
+screen-pop starts at once instead of after the call's earlier changes).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 
 CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 ChangeHandler = Callable[[Change], Awaitable[None]]
+EarlyHook = Callable[[Change], None]
 
 DRAIN_TIMEOUT = 5.0
 
@@ -67,9 +70,12 @@ def link_probe(link: AmiLink) -> LinkProbe:
 class ChangeForwarder:
     """Feeds one link's changes to ``handle``: in order per call, calls in parallel."""
 
-    def __init__(self, link: AmiLink, handle: ChangeHandler) -> None:
+    def __init__(
+        self, link: AmiLink, handle: ChangeHandler, early: EarlyHook | None = None
+    ) -> None:
         self._link = link
         self._handle = handle
+        self._early = early
         self._stream = link.changes()  # subscribed now: nothing after this is missed
         self._lanes: dict[str, deque[Change]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -86,6 +92,11 @@ class ChangeForwarder:
             self._dispatch(change)
 
     def _dispatch(self, change: Change) -> None:
+        if self._early is not None:
+            try:
+                self._early(change)
+            except Exception:
+                log.exception("pbx %s: early hook failed on %s", self._link.name, change)
         key = getattr(change, "call_id", None) or f"{self._link.name}:-"
         lane = self._lanes.get(key)
         if lane is not None:
@@ -156,7 +167,7 @@ class PbxLinks:
         if name in self.links:
             raise ValueError(f"a PBX link named {name!r} already exists")
         link = AmiLink(name, url, self.link_settings, originate_context=originate_context)
-        forwarder = ChangeForwarder(link, services.calls.handle)
+        forwarder = ChangeForwarder(link, services.calls.handle, services.calls.early)
         self.links[name] = link
         self._forwarders[name] = forwarder
         services.links.register(f"pbx:{name}", link_probe(link))

@@ -9,6 +9,11 @@ and the cluster is ``degraded``. With Redis stopped, A answers for itself
 (degraded, with the reason); once it is back, A lists both again. Node logs
 are JSON lines carrying their node id. One pair of nodes for all of it: their
 start is most of the cost.
+
+``test_health_publication_outlives_a_link_starting_mid_report``: in one
+process, a node's health publication goes on when a link registers while its
+probes are being read (as the web chat's did while a node started, on a
+loaded box) and when one publication cannot be written.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from typing import Any
 
 import pytest
 
-from cti.cluster.health import NODE_TTL, PUBLISH_EVERY
+from cti.cluster.health import NODE_KEY, NODE_TTL, PUBLISH_EVERY, _publish_loop
+from cti.cluster.redis_client import connect_redis
+from cti.config import Settings
+from cti.services import Services
 from tests.integration.cluster.conftest import OwnRedis
 from tests.integration.cluster.nodes import (
     ADMIN,
@@ -178,3 +186,38 @@ async def redis_outage(node_a: Node, node_b: Node, own_redis: OwnRedis, db_url: 
         assert desk1.seen.count(pop) == 1
     finally:
         await desk1.close()
+
+
+async def test_health_publication_outlives_a_link_starting_mid_report(
+    own_redis: OwnRedis, tmp_path: Path
+) -> None:
+    services = Services(Settings(data_dir=tmp_path, secret_key="s", node_id="X"))
+    services.redis = redis = connect_redis(own_redis.url)
+    calls = 0
+
+    async def late() -> dict[str, Any]:
+        return {"kind": "late", "up": True}
+
+    async def starting() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        services.links.register("late", late)  # another link starts meanwhile
+        await asyncio.sleep(0)
+        # The first report holds a value JSON cannot write: that publication fails.
+        return {"kind": "starting", "up": True, "detail": {"not JSON"} if calls == 1 else ""}
+
+    services.links.register("starting", starting)
+    task = asyncio.create_task(_publish_loop(services, time.time()))
+    try:
+        async def published() -> bool:
+            assert not task.done(), task  # the heartbeat must not die
+            raw = await redis.get(NODE_KEY.format(node="X"))
+            return raw is not None and "late" in json.loads(raw)["links"]
+
+        await until("node X's summary with both links in Redis", published, 20)
+        assert calls >= 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)  # a failure is asserted above
+        await redis.aclose()
+        await services.engine.dispose()

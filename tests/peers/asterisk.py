@@ -59,6 +59,45 @@ async def hangup_channel(pbx: LabPbx, channel: str) -> str:
     return answer
 
 
+def _concise_channels(pbx: LabPbx) -> list[list[str]]:
+    """``core show channels concise`` rows: name, context, exten, priority, state,
+    application, data, caller ID number, account, peer account, AMA flags,
+    duration, bridge id, uniqueid."""
+    rows = [line.split("!") for line in pbx.cli("core show channels concise").splitlines()]
+    return [row for row in rows if len(row) >= 13]
+
+
+def _channels_of_caller(rows: list[list[str]], caller_number: str) -> set[str]:
+    """The channels of the calls from ``caller_number``, and those bridged to them."""
+    bridges = {row[12] for row in rows if row[7] == caller_number and row[12]}
+    return {row[0] for row in rows if row[7] == caller_number or row[12] in bridges}
+
+
+async def hangup_caller(pbx: LabPbx, caller_number: str, within: float = 30.0) -> set[str]:
+    """End, from the PBX, every call from ``caller_number``; return the channels hung up.
+
+    Each channel is hung up by the PBX (its SIP peer gets a BYE, so a SIPp
+    caller waiting for it ends its call normally); then this waits until none
+    of them, and no new call from that number, is left. A call ended by
+    stopping SIPp instead would stay on the PBX.
+    """
+    channels = _channels_of_caller(await asyncio.to_thread(_concise_channels, pbx),
+                                   caller_number)
+    for channel in sorted(channels):
+        # Not hangup_channel(): a bridged peer may already be gone with its partner.
+        await asyncio.to_thread(pbx.cli, f"channel request hangup {channel}")
+    deadline = time.monotonic() + within
+    while True:
+        rows = await asyncio.to_thread(_concise_channels, pbx)
+        left = ({row[0] for row in rows} & channels) | _channels_of_caller(rows, caller_number)
+        if not left:
+            return channels
+        if time.monotonic() > deadline:
+            raise AssertionError(f"calls from {caller_number} still on the PBX after "
+                                 f"{within:g} s: {sorted(left)}")
+        await asyncio.sleep(0.1)
+
+
 def keep_logs(pbx: LabPbx, label: str) -> None:
     target = ARTIFACTS / ("asterisk-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", label))
     target.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,8 @@ nodes (their start is most of the cost):
   agent sends through A reaches a window open only on B (``delivered``), as
   does the assignment status;
 - a SIPp caller waiting in the sales queue (no agent logged in): the admin's
-  wallboard on B (REST and live socket) shows the same queue as on A.
+  wallboard on B (REST and live socket) shows the same queue as on A; once
+  the PBX hangs the caller up, neither board shows it.
 
 ``test_live_channel_between_hubs``: the live channel itself between two
 ClusterHubs in one process: replies from the other node only, none asked with
@@ -51,6 +52,7 @@ from tests.integration.cluster.nodes import (
     until,
 )
 from tests.integration.cluster.test_two_nodes import fresh_database
+from tests.peers.asterisk import hangup_caller
 from tests.peers.ports import free_port
 from tests.peers.sipp import caller_call
 
@@ -227,7 +229,8 @@ async def test_same_behaviour_on_both_nodes(
 
     # -- a caller waits in sales: the same board on both nodes -------------------
     board = await http_b.ws_connect("/api/v1/events", params={"token": admin_b})
-    caller = caller_call(lab_pbx, tmp_path / "sipp", number="200", caller_number="+79160000012",
+    number = "+79160000012"
+    caller = caller_call(lab_pbx, tmp_path / "sipp", number="200", caller_number=number,
                          caller_name="Ждущий", hangup_after=None, timeout=120)
     try:
         async def sales(node: Node, token: str) -> dict[str, Any] | None:
@@ -252,8 +255,22 @@ async def test_same_behaviour_on_both_nodes(
         live = await frame(board, lambda d: d.get("type") == "wallboard" and any(
             q["name"] == "sales" and q["waiting"] == 1 for q in d["queues"]), within=30)
         assert live["queues"] and "seq" not in live
+
+        # The PBX ends the call (SIPp gets its BYE): the caller leaves both boards.
+        await hangup_caller(lab_pbx, number)
+        result = await caller.wait_async(30)
+        assert result.ok, result
+
+        async def both_show_no_caller() -> bool:
+            for node, token in ((node_a, admin_a), (node_b, admin_b)):
+                queue = await sales(node, token)
+                if queue is None or queue["waiting"] != 0:
+                    return False
+            return True
+
+        await until("the caller gone from both wallboards", both_show_no_caller, 40)
     finally:
-        caller.stop()
+        caller.stop()  # a no-op once the call ended; only a failed test gets here with it
         await board.close()
 
 

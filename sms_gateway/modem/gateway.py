@@ -73,6 +73,10 @@ class ModemGateway:
         self._queued = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._sending = False  # the head of the queue is in the driver's hands
+        # Sender and status reports read-modify-write the same rows: one at a time.
+        self._rows = asyncio.Lock()
+        self._in_flight: str | None = None  # sent, its SMSC ids not stored yet
+        self._early: dict[str, list[DeliveryReport]] = {}  # reports for it meanwhile
 
     @property
     def name(self) -> str:
@@ -165,6 +169,7 @@ class ModemGateway:
                 await self._queued.wait()
             message = self._queue[0]
             self._sending = True
+            self._in_flight = message.key
             try:
                 result = await self.modem.send(
                     message.destination, message.text, message_id=message.key
@@ -181,7 +186,11 @@ class ModemGateway:
             finally:
                 self._sending = False
             self._queue.popleft()
-            await self._store(done)
+            async with self._rows:
+                self._in_flight = None
+                await self._store(done)
+                for report in self._early.pop(message.key, []):
+                    await self._apply_report(report)
 
     async def _store(self, message: OutboundSms) -> None:
         await self._outbox.update(message)
@@ -220,6 +229,19 @@ class ModemGateway:
                          event.health.up, event.health.sim, event.health.registration)
 
     async def _on_report(self, report: DeliveryReport) -> None:
+        """Theory: a fast network reports a part before the driver's send() returns, so
+        the last part's report and "every part accepted" arrive together. Applied to a row
+        without its SMSC ids, the report marked the wrong part, and the sender's row
+        ("submitted", written from its copy) then overwrote "delivered" (a reply stuck
+        "submitted" forever). Reports for the message in flight wait until its SMSC ids
+        are stored; every row update happens under one lock."""
+        async with self._rows:
+            if report.message_id is not None and report.message_id == self._in_flight:
+                self._early.setdefault(report.message_id, []).append(report)
+                return
+            await self._apply_report(report)
+
+    async def _apply_report(self, report: DeliveryReport) -> None:
         found: tuple[OutboundSms, int] | None = None
         if report.message_id is not None:
             message = await self._outbox.get(report.message_id)

@@ -188,9 +188,13 @@ class ModemGateway:
             self._queue.popleft()
             async with self._rows:
                 self._in_flight = None
-                await self._store(done)
-                for report in self._early.pop(message.key, []):
-                    await self._apply_report(report)
+                try:
+                    await self._store(done)
+                    for report in self._early.pop(message.key, []):
+                        await self._apply_report(report)
+                except Exception:  # the store failing must not stop every later send
+                    log.exception("modem %s: recording %s as %s failed", self.name,
+                                  message.key, done.status)
 
     async def _store(self, message: OutboundSms) -> None:
         await self._outbox.update(message)

@@ -68,7 +68,7 @@ async def until(what: str, check: Callable[[], Any], within: float = 30.0) -> An
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out after {within:g} s waiting for {what}")
         await asyncio.sleep(0.1)
 
 

@@ -129,7 +129,8 @@ class Node:
     async def wait_ready(self) -> None:
         async def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
-                pytest.fail(f"node {self.name} exited with {self.proc.returncode}:\n{self.tail()}")
+                raise AssertionError(f"node {self.name} exited with {self.proc.returncode}:\n"
+                                     f"{self.tail()}")
             try:
                 body = await self.health()
             except (aiohttp.ClientError, TimeoutError):
@@ -258,14 +259,15 @@ class Desk:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                pytest.fail(f"{self.login}: no {kind!r} frame within {within:g} s; "
-                            f"saw {[m.get('type') for m in self.seen]}")
+                raise AssertionError(f"{self.login}: no {kind!r} frame within {within:g} s; "
+                                     f"saw {[m.get('type') for m in self.seen]}")
             try:
                 msg = await self.ws.receive(timeout=left)
             except TimeoutError:
                 continue
             if msg.type is not aiohttp.WSMsgType.TEXT:
-                pytest.fail(f"{self.login}: socket ended ({msg.type}) waiting for {kind!r}")
+                raise AssertionError(f"{self.login}: socket ended ({msg.type}) "
+                                     f"waiting for {kind!r}")
             data: dict[str, Any] = json.loads(msg.data)
             if "seq" in data:
                 assert self.last_seq is None or data["seq"] > self.last_seq, (data, self.last_seq)

@@ -95,7 +95,7 @@ async def frame(ws: aiohttp.ClientWebSocketResponse, accept: Callable[[dict[str,
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
-            pytest.fail(f"no matching frame within {within:g} s")
+            raise AssertionError(f"no matching frame within {within:g} s")
         msg = await ws.receive(timeout=left)
         assert msg.type is aiohttp.WSMsgType.TEXT, msg
         data: dict[str, Any] = json.loads(msg.data)

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.history_writes [--events N] [--baseline-events M]
                                               [--rounds R] [--batch B] [--core]
+                                              [--base DIR] [--backlog-batch B]
 
 For SQLite (WAL, synchronous=NORMAL as the server runs it, file in a temp dir)
 and PostgreSQL 15 (a throwaway cluster from bench.pg_cluster, default
@@ -11,8 +12,13 @@ durability), in the same run:
     of the flush (every row committed);
   * baseline: M events, each in its own ORM session and transaction;
   * with --core, the writer's previous path (a Core insert executemany) too;
+  * with --base DIR, the HistoryWriter of an older checkout (e.g.
+    ``git archive <commit> | tar -x -C DIR``), loaded from DIR/cti/history.py
+    into this process and run against the same database, alternating;
 R rounds alternating the two (a loaded host is noisy): medians and the ratio
-of the medians. Targets: >= 20,000/s SQLite, >= 10,000/s PostgreSQL.
+of the medians, CPU per event (all threads of this process) and how long
+each batch held the write transaction (median / max).
+Targets: >= 20,000/s SQLite, >= 10,000/s PostgreSQL.
 The event mix is what the server writes: call events with a dedup key and a
 small payload, SMS and chat messages with text; 1% of the call events arrive
 twice (a PBX resync) and must be written once: the row count is checked.
@@ -22,12 +28,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import random
 import statistics
+import sys
 import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, cast
 
 from sqlalchemy import func, insert, select
 
@@ -84,6 +93,40 @@ def distinct_entries(n: int, tag: str) -> list[HistoryEntry]:
     return entries
 
 
+def load_base(directory: str) -> type[HistoryWriter]:
+    """The HistoryWriter of an older checkout, as a module of its own."""
+    path = Path(directory) / "cti" / "history.py"
+    spec = importlib.util.spec_from_file_location("base_history", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return cast(type[HistoryWriter], module.HistoryWriter)
+
+
+class Timed:
+    """Records how long each batch's _insert (its write transaction) took."""
+
+    def __init__(self, writer_class: type[HistoryWriter]) -> None:
+        self.holds: list[float] = []
+        original = writer_class._insert
+        holds = self.holds
+
+        async def timed(writer: HistoryWriter, *args: Any) -> None:
+            t0 = time.perf_counter()
+            try:
+                await original(writer, *args)
+            finally:
+                holds.append(time.perf_counter() - t0)
+
+        writer_class._insert = timed  # type: ignore[method-assign,assignment]
+
+
+def _median(values: list[float]) -> str:
+    return f"{statistics.median(values):10,.0f}"
+
+
 async def bench_db(name: str, url: str, args: argparse.Namespace) -> tuple[float, float]:
     engine = create_engine(url)
     await migrate(engine)
@@ -92,24 +135,41 @@ async def bench_db(name: str, url: str, args: argparse.Namespace) -> tuple[float
             insert(Customer), [{"id": i, "name": f"c{i}"} for i in range(1, CUSTOMERS + 1)]
         )
     sessions = sessionmaker(engine)
-    batched: list[float] = []
-    core: list[float] = []
+    # label -> (writer class, keyword arguments)
+    setups: dict[str, tuple[type[HistoryWriter], dict[str, Any]]] = {
+        "batched": (HistoryWriter, {"batch": args.batch, "backlog_batch": args.backlog_batch}),
+    }
+    if args.core:
+        setups["core"] = (HistoryWriter, {"batch": args.batch, "raw": False})
+    if args.base:
+        setups["base"] = (load_base(args.base), {"batch": args.batch})
+    timers = {cls: Timed(cls) for cls in {cls for cls, _ in setups.values()}}
+    rates: dict[str, list[float]] = {label: [] for label in setups}
+    cpu: dict[str, list[float]] = {label: [] for label in setups}
+    holds: dict[str, list[float]] = {label: [] for label in setups}
     single: list[float] = []
     expected = 0
     batches = 0
     for r in range(args.rounds):
-        for raw, rates in ((True, batched), (False, core)):
-            if not raw and not args.core:
-                continue
-            writer = HistoryWriter(engine, batch=args.batch, raw=raw)
+        # alternate the order round by round: the table grows as the run goes on
+        order = list(setups) if r % 2 == 0 else list(reversed(setups))
+        for label in order:
+            writer_class, kwargs = setups[label]
+            writer = writer_class(engine, **kwargs)
             writer.start()
-            entries = make_entries(args.events, f"batched{r}{raw}")
+            entries = make_entries(args.events, f"{label}{r}")
+            timer = timers[writer_class]
+            timer.holds.clear()
+            c0 = time.process_time()
             t0 = time.perf_counter()
             for entry in entries:
                 await writer.add(entry)
             await writer.flush()
-            rates.append(len(entries) / (time.perf_counter() - t0))
-            batches += writer.batches
+            rates[label].append(len(entries) / (time.perf_counter() - t0))
+            cpu[label].append((time.process_time() - c0) / len(entries) * 1e6)
+            holds[label].extend(timer.holds)
+            if label == "batched":
+                batches += writer.batches
             await writer.close()
             expected += args.events
 
@@ -126,23 +186,30 @@ async def bench_db(name: str, url: str, args: argparse.Namespace) -> tuple[float
     await engine.dispose()
     if total != expected:
         raise SystemExit(f"{name}: {total} rows, expected {expected} (duplicates written?)")
-    b, s = statistics.median(batched), statistics.median(single)
-    rounds_b = ", ".join(f"{x:,.0f}" for x in batched)
+    b, s = statistics.median(rates["batched"]), statistics.median(single)
     print(
-        f"{name:10s} batched median {b:10,.0f} events/s (rounds {rounds_b};"
-        f" {args.events} events + 1% duplicates each, batch {args.batch}, {batches} batches)\n"
-        f"{'':10s} one ORM commit per event median {s:8,.0f} events/s "
-        f"(rounds {', '.join(f'{x:,.0f}' for x in single)}; {args.baseline_events} events each)"
-        f"\n{'':10s} ratio x{b / s:.1f}",
+        f"{name:10s} one ORM commit per event median {s:8,.0f} events/s "
+        f"(rounds {', '.join(f'{x:,.0f}' for x in single)}; {args.baseline_events} events each)",
         flush=True,
     )
-    if core:
-        c = statistics.median(core)
+    for label in setups:
+        x = statistics.median(rates[label])
+        hold = holds[label]
         print(
-            f"{'':10s} Core-insert writer (the previous path) median {c:10,.0f} events/s "
-            f"(rounds {', '.join(f'{x:,.0f}' for x in core)}); raw/Core x{b / c:.2f}",
+            f"{'':10s} {label:8s} median {_median(rates[label])} events/s "
+            f"(rounds {', '.join(f'{v:,.0f}' for v in rates[label])}), "
+            f"CPU {statistics.median(cpu[label]):.1f} us/event, "
+            f"write transaction median {statistics.median(hold) * 1e3:.1f} ms "
+            f"max {max(hold) * 1e3:.1f} ms ({len(hold)} batches); "
+            f"x{x / s:.1f} vs one commit per event"
+            + ("" if label == "batched" else f"; batched/{label} x{b / x:.2f}"),
             flush=True,
         )
+    print(
+        f"{'':10s} ({args.events} events + 1% duplicates per round, batch {args.batch}, "
+        f"backlog batch {args.backlog_batch or 4 * args.batch}, {batches} batched batches)",
+        flush=True,
+    )
     return b, s
 
 
@@ -165,6 +232,17 @@ def main() -> None:
     parser.add_argument("--baseline-events", type=int, default=2_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=HISTORY_BATCH)
+    parser.add_argument(
+        "--backlog-batch",
+        type=int,
+        default=None,
+        help="HistoryWriter(backlog_batch=...): rows per transaction when behind (4 x batch)",
+    )
+    parser.add_argument(
+        "--base",
+        metavar="DIR",
+        help="also time the HistoryWriter of an older checkout in DIR, alternating",
+    )
     parser.add_argument(
         "--core",
         action="store_true",

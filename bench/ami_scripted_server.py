@@ -133,6 +133,10 @@ class BenchAmi:
             self._server.close()
         for writer in self._writers:
             writer.transport.abort()
+        # The aborted connections end their tasks (EOF); a task cancelled here
+        # instead made asyncio's stream callback print a CancelledError trace.
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -171,6 +171,7 @@ class HistoryWriter:
         self._written = 0
         self._progress = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False  # the writer task failed
         self.batches = 0
         self._statement = insert_statement(engine.dialect.name)
         self._dialect = engine.dialect.name
@@ -220,7 +221,9 @@ class HistoryWriter:
         if self._task is None or self._task.done():
             raise RuntimeError("the history writer is not running")
         async with self._progress:
-            await self._progress.wait_for(lambda: self._written >= target)
+            await self._progress.wait_for(lambda: self._written >= target or self._stopped)
+        if self._written < target:
+            raise RuntimeError("the history writer stopped")
 
     async def close(self) -> None:
         if self._task is None:
@@ -233,7 +236,8 @@ class HistoryWriter:
                 lost = self._queue.qsize() + len(self._inflight)
                 log.error("history writer stopped with %d events not written", lost)
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        # a writer that failed was logged by _run: close() still completes
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._task
         self._task = None
 
@@ -243,9 +247,17 @@ class HistoryWriter:
         # aiosqlite's thread, which releases the GIL inside SQLite, or in
         # PostgreSQL's own process): Python work and database work overlap.
         # At most one prepared batch waits; order is kept (one FIFO).
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._gather(), name="history-gather")
-            tasks.create_task(self._drain(), name="history-drain")
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._gather(), name="history-gather")
+                tasks.create_task(self._drain(), name="history-drain")
+        except Exception:
+            # flush() must not wait forever for a writer that is gone
+            log.exception("history writer failed")
+            self._stopped = True
+            async with self._progress:
+                self._progress.notify_all()
+            raise
 
     async def _gather(self) -> None:
         queue = self._queue

@@ -99,3 +99,15 @@ async def test_a_row_that_cannot_be_written_is_dropped_alone(
     assert [p["n"] for p in written] == [0, 1, 2, 3, 4, 5, 0]
     dropped = [r.getMessage() for r in caplog.records if "history event dropped" in r.getMessage()]
     assert len(dropped) == 2, dropped
+
+
+async def test_flush_fails_instead_of_waiting_when_the_writer_fails(services: Services) -> None:
+    """The Core path (kept to measure against) cannot encode this payload: its
+    error stops the writer; flush() says so instead of waiting forever."""
+    customer = await services.customers.new_anonymous("writer fails")
+    writer = HistoryWriter(services.engine, flush_interval=0.01, raw=False)
+    writer.start()
+    await writer.add(HistoryEntry(customer.id, "message_in", "sms", {"at": T0}))
+    with pytest.raises(RuntimeError, match="stopped"):
+        await writer.flush()
+    await writer.close()

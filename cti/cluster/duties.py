@@ -10,9 +10,10 @@ A duty is a name and a ``start()`` / ``stop()`` pair. :class:`Duties` runs it:
 
 Duty names: ``pbx:<server>`` (the AMI links, run by ``cti.cluster.node``),
 ``sms:<link>`` and ``modem:<name>`` (``cti.links.sms``), ``callbacks:<pbx>``
-per PBX (``callbacks`` in single-node mode; ``cti.callbacks``), ``sla`` (``cti.sla``). What a duty does with work in
-flight when it stops or its node dies is the duty's business; every duty here
-keeps its state in the database so the next holder continues it.
+per PBX (``callbacks`` in single-node mode; ``cti.callbacks``), ``sla``
+(``cti.sla``). What a duty does with work in flight when it stops or its node
+dies is the duty's business; every duty here keeps its state in the database so
+the next holder continues it.
 """
 
 from __future__ import annotations

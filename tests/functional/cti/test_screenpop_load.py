@@ -9,14 +9,12 @@ owner and status written, whatever the interleaving of the writes.
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 from sqlalchemy import update
 
 from cti.calls import _Updates
 from cti.customers import ContactInput
-from cti.hub import Subscription
 from cti.models import Conversation
 from cti.services import Services
 from pbx.changes import (
@@ -28,19 +26,11 @@ from pbx.changes import (
     Change,
     Durations,
 )
+from tests.functional.cti.frames import screen_pops
 
 pytestmark = pytest.mark.integration
 
 CALLS = 12
-
-
-def pops(sub: Subscription) -> list[dict]:  # type: ignore[type-arg]
-    out = []
-    while not sub.queue.empty():
-        msg = json.loads(sub.queue.get_nowait())
-        if msg["type"] == "screen_pop":
-            out.append(msg)
-    return out
 
 
 def call_changes(n: int, number: str, t: float) -> list[Change]:
@@ -79,7 +69,7 @@ async def test_concurrent_calls_each_pop_their_caller_and_close(services: Servic
     await asyncio.gather(*(lane(call_changes(n, numbers[n], t)) for n in range(CALLS)))
 
     for n in range(CALLS):
-        (pop,) = pops(subs[n])
+        (pop,) = screen_pops(subs[n])
         assert pop["customer"]["id"] == customers[n].id
         assert pop["interaction"]["caller"] == numbers[n]
         conv = await services.conversations.by_ref(f"pbx1:{t:.0f}.{n}")

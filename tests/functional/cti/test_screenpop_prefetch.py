@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from sqlalchemy import insert
@@ -20,23 +19,14 @@ from sqlalchemy import insert
 import cti.agents
 from cti.customers import ContactInput
 from cti.history import HistoryEntry
-from cti.hub import Subscription
 from cti.models import Agent, utcnow
 from cti.services import Services
 from pbx.changes import CallOffered, CallQueued, CallStarted, Change
+from tests.functional.cti.frames import screen_pops
 
 pytestmark = pytest.mark.integration
 
 T0 = 1_800_000_000.0
-
-
-def pops(sub: Subscription) -> list[dict[str, Any]]:
-    out = []
-    while not sub.queue.empty():
-        msg = json.loads(sub.queue.get_nowait())
-        if msg["type"] == "screen_pop":
-            out.append(msg)
-    return out
 
 
 def call(n: int, number: str, endpoint: str) -> tuple[CallStarted, CallQueued, CallOffered]:
@@ -78,7 +68,7 @@ async def test_pop_from_prefetched_card_with_history_since(services: Services) -
     await services.calls.handle(queued)
     await services.calls.handle(offered)
 
-    (pop,) = pops(sub)
+    (pop,) = screen_pops(sub)
     assert (services.screen_pop.from_memory, services.screen_pop.from_database) == (
         before[0] + 1,
         before[1],
@@ -107,7 +97,7 @@ async def test_merge_after_prefetch_pops_the_merged_card(services: Services) -> 
     await services.calls.handle(queued)
     await services.calls.handle(offered)
 
-    (pop,) = pops(sub)
+    (pop,) = screen_pops(sub)
     assert services.screen_pop.from_database == database + 1  # the snapshot was refused
     assert pop["customer"]["id"] == target.id and pop["customer"]["name"] == "Survivor"
     values = {i["value"] for i in pop["customer"]["identities"]}
@@ -142,7 +132,7 @@ async def test_offer_pops_before_the_lane_is_done(services: Services) -> None:
     assert pop["interaction"]["call_id"] == offered.call_id
     release.set()
     await lane_task
-    assert pops(sub) == []  # the lane did not pop it a second time
+    assert screen_pops(sub) == []  # the lane did not pop it a second time
     await services.history.flush()
     conv = await services.conversations.by_ref(offered.call_id)
     assert conv is not None and pop["conversation"]["id"] == conv.id

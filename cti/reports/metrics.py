@@ -240,24 +240,10 @@ VOICE_FACT_KINDS = (
 )
 
 
-def voice_facts(period: Period, options: ReportOptions) -> Any:
-    per_call = (
-        select(
-            h.c.conversation_id.label("cid"),
-            _flag([K.CALL_QUEUED]).label("queued"),
-            _flag([K.CALL_ANSWERED]).label("answered"),
-            func.max(_when([K.CALL_ANSWERED], h.c.wait_s)).label("answer_wait"),
-            _flag([K.CALL_ABANDONED]).label("left_queue"),
-            func.max(_when([K.CALL_ABANDONED], h.c.wait_s)).label("abandon_wait"),
-            _flag([K.CALL_DEFLECTED]).label("deflected_event"),
-            _flag([K.CALLBACK_BOOKED]).label("callback_booked"),
-            _flag([K.CALLBACK_CONNECTED]).label("called_back"),
-            func.max(_when([K.CALL_ENDED], h.c.talk_s)).label("talk"),
-            func.max(_when([K.CALL_ENDED], h.c.hold_s)).label("hold"),
-            func.max(_when([K.CALL_ENDED], h.c.wait_s)).label("end_wait"),
-            func.max(_when([K.CALL_ENDED], h.c.occurred_at)).label("ended_at"),
-            func.max(_when([K.CLOSED], h.c.occurred_at)).label("closed_at"),
-        )
+def _per_call(period: Period, options: ReportOptions, *columns: Any) -> Any:
+    """One row per voice call in the period (``cid`` + ``columns``), from its fact events."""
+    return (
+        select(h.c.conversation_id.label("cid"), *columns)
         .where(
             _events_in(period, options),
             h.c.channel == "voice",
@@ -265,6 +251,26 @@ def voice_facts(period: Period, options: ReportOptions) -> Any:
         )
         .group_by(h.c.conversation_id)
         .subquery("per_call")
+    )
+
+
+def voice_facts(period: Period, options: ReportOptions) -> Any:
+    per_call = _per_call(
+        period,
+        options,
+        _flag([K.CALL_QUEUED]).label("queued"),
+        _flag([K.CALL_ANSWERED]).label("answered"),
+        func.max(_when([K.CALL_ANSWERED], h.c.wait_s)).label("answer_wait"),
+        _flag([K.CALL_ABANDONED]).label("left_queue"),
+        func.max(_when([K.CALL_ABANDONED], h.c.wait_s)).label("abandon_wait"),
+        _flag([K.CALL_DEFLECTED]).label("deflected_event"),
+        _flag([K.CALLBACK_BOOKED]).label("callback_booked"),
+        _flag([K.CALLBACK_CONNECTED]).label("called_back"),
+        func.max(_when([K.CALL_ENDED], h.c.talk_s)).label("talk"),
+        func.max(_when([K.CALL_ENDED], h.c.hold_s)).label("hold"),
+        func.max(_when([K.CALL_ENDED], h.c.wait_s)).label("end_wait"),
+        func.max(_when([K.CALL_ENDED], h.c.occurred_at)).label("ended_at"),
+        func.max(_when([K.CLOSED], h.c.occurred_at)).label("closed_at"),
     )
     p = per_call.c
     # Uncorrelated IN (...) sets: SQLite builds each once; a correlated EXISTS was
@@ -657,23 +663,15 @@ def _agent_voice_facts(period: Period, options: ReportOptions) -> Any:
     wait, talk, hold and wrap-up. Same events, same calls (every call keeps its row,
     so an agent whose calls were all unanswered still shows 0), without the
     abandoned / deflected / callback folding and its two IN (...) sets."""
-    per_call = (
-        select(
-            h.c.conversation_id.label("cid"),
-            _flag([K.CALL_ANSWERED]).label("answered"),
-            func.max(_when([K.CALL_ANSWERED], h.c.wait_s)).label("answer_wait"),
-            func.max(_when([K.CALL_ENDED], h.c.talk_s)).label("talk"),
-            func.max(_when([K.CALL_ENDED], h.c.hold_s)).label("hold"),
-            func.max(_when([K.CALL_ENDED], h.c.occurred_at)).label("ended_at"),
-            func.max(_when([K.CLOSED], h.c.occurred_at)).label("closed_at"),
-        )
-        .where(
-            _events_in(period, options),
-            h.c.channel == "voice",
-            h.c.kind.in_(VOICE_FACT_KINDS),
-        )
-        .group_by(h.c.conversation_id)
-        .subquery("per_call")
+    per_call = _per_call(
+        period,
+        options,
+        _flag([K.CALL_ANSWERED]).label("answered"),
+        func.max(_when([K.CALL_ANSWERED], h.c.wait_s)).label("answer_wait"),
+        func.max(_when([K.CALL_ENDED], h.c.talk_s)).label("talk"),
+        func.max(_when([K.CALL_ENDED], h.c.hold_s)).label("hold"),
+        func.max(_when([K.CALL_ENDED], h.c.occurred_at)).label("ended_at"),
+        func.max(_when([K.CLOSED], h.c.occurred_at)).label("closed_at"),
     )
     p = per_call.c
     answered = p.answered == 1

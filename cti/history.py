@@ -675,7 +675,8 @@ def _params(customer_id: int, limit: int, after: Keyset | None) -> dict[str, Any
     return params
 
 
-def _family(conn: Connection, customer_id: int) -> list[int]:
+def family_ids(conn: Connection, customer_id: int) -> list[int]:
+    """Synchronous :func:`merged_family` on one connection (the inline readers)."""
     family = [customer_id]
     frontier = [customer_id]
     while frontier and len(family) < MAX_FAMILY:
@@ -704,7 +705,7 @@ def read_page(
     conn: Connection, customer_id: int, limit: int, after: Keyset | None
 ) -> list[StoredEvent]:
     """The merged family, then its page: two statements on one connection."""
-    return _page_rows(conn, _family(conn, customer_id), limit, after)
+    return _page_rows(conn, family_ids(conn, customer_id), limit, after)
 
 
 class ReadDeclined(Exception):
@@ -739,7 +740,7 @@ class SqliteInlineReader:
     def read(self, customer_id: int, limit: int, after: Keyset | None) -> list[StoredEvent]:
         try:
             with self._engine.connect() as conn:
-                family = _family(conn, customer_id)
+                family = family_ids(conn, customer_id)
                 if len(family) > MAX_ARMS:
                     raise ReadDeclined
                 return _page_rows(conn, family, limit, after)

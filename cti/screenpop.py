@@ -32,12 +32,12 @@ from cti.conversations import conversation_json
 from cti.customers import CustomerService, card_json
 from cti.errors import NotFound
 from cti.history import (
-    MAX_FAMILY,
     HistoryEntry,
     HistoryWriter,
     StoredEvent,
     entry_json,
     event_json,
+    family_ids,
     merged_family,
     read_page,
     sqlite_reader,
@@ -124,12 +124,7 @@ def read_card(
             customer = session.get(Customer, customer.merged_into_id)
         if customer is None:
             raise NotFound(f"customer {customer_id} does not exist", customer_id=customer_id)
-        family = [customer.id]
-        frontier = [customer.id]
-        while frontier and len(family) < MAX_FAMILY:
-            rows = session.scalars(select(Customer.id).where(Customer.merged_into_id.in_(frontier)))
-            frontier = [r for r in rows if r not in family]
-            family.extend(frontier)
+        family = family_ids(conn, customer.id)
         identities = list(
             session.scalars(
                 select(Identity).where(Identity.customer_id.in_(family)).order_by(Identity.id)
